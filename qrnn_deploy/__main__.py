@@ -1,0 +1,3 @@
+from qrnn_deploy.cli import main
+
+main()

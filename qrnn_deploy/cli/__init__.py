@@ -1,0 +1,20 @@
+"""`qrnn-deploy` command line. Each command lives in its own module of this package; importing
+them registers them on `app`. Heavy imports (torch, onnxruntime) happen inside the commands, so
+`--help` stays fast. Every `QRNNError` becomes one line on stderr and exit code 2."""
+
+import sys
+
+from qrnn_deploy.cli.app import app
+from qrnn_deploy.cli import demo  # noqa: F401  (registers commands)
+from qrnn_deploy.errors import QRNNError
+
+
+def main(argv=None):
+    try:
+        app(args=argv, standalone_mode=True)
+    except QRNNError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,110 @@
+"""Checkpoints: one safetensors file holding the weights, the model config (JSON) and extras.
+
+Loading never unpickles: tensors come from safetensors, everything else from JSON metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from qrnn_deploy.errors import CheckpointError
+from qrnn_deploy.nn.classifier import QRNNClassifier
+from qrnn_deploy.nn.lm import QRNNLanguageModel
+from qrnn_deploy.nn.seq2seq import QRNNSeq2Seq
+
+CHECKPOINT_FORMAT = "qrnn-deploy-checkpoint"
+CHECKPOINT_VERSION = 1
+MODEL_TYPES = {cls.model_type: cls for cls in (QRNNLanguageModel, QRNNClassifier, QRNNSeq2Seq)}
+
+
+def save_checkpoint(model: nn.Module, path, extra: Optional[dict] = None, dtype: Optional[torch.dtype] = None) -> Path:
+    """Writes `model` (a qrnn_deploy.nn model) to `path`; `extra` is any JSON-able dict (e.g. the
+    vocabulary, training info). `dtype=torch.float16` stores half-precision weights."""
+    from safetensors.torch import save_file
+
+    if type(model).__name__ not in {c.__name__ for c in MODEL_TYPES.values()}:
+        raise CheckpointError(f"save_checkpoint: {type(model).__name__} is not a qrnn_deploy model")
+    path = Path(path)
+    tensors = {}
+    seen = {}
+    for name, t in model.state_dict().items():
+        # Tied weights appear twice in state_dict; safetensors refuses shared storage.
+        key = (t.data_ptr(), t.shape, t.stride())
+        if key in seen:
+            continue
+        seen[key] = name
+        t = t.detach().cpu().contiguous()
+        tensors[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "version": str(CHECKPOINT_VERSION),
+        "model_type": model.model_type,
+        "config": json.dumps(model.config.__dict__),
+        "extra": json.dumps(extra or getattr(model, "extra", None) or {}),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)  # never leave a half-written checkpoint behind
+    return path
+
+
+def read_checkpoint_metadata(path) -> dict:
+    """The checkpoint's metadata: format, version, model_type, config (dict), extra (dict)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises several types for garbage files
+        raise CheckpointError(f"{path} is not a qrnn-deploy checkpoint (not a safetensors file: {e})") from None
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is a safetensors file but not a qrnn-deploy checkpoint")
+    if meta.get("version") != str(CHECKPOINT_VERSION):
+        raise CheckpointError(f"{path}: checkpoint version {meta.get('version')} is not supported "
+                              f"(this qrnn-deploy reads version {CHECKPOINT_VERSION})")
+    if meta.get("model_type") not in MODEL_TYPES:
+        raise CheckpointError(f"{path}: unknown model type {meta.get('model_type')!r}")
+    try:
+        return {**meta, "config": json.loads(meta["config"]), "extra": json.loads(meta.get("extra", "{}"))}
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata ({e})") from None
+
+
+def load_checkpoint(path, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Rebuilds the model saved at `path` (weights cast to `dtype`), in eval mode.
+    `model.extra` holds the checkpoint's extra dict."""
+    from safetensors.torch import load_file
+
+    meta = read_checkpoint_metadata(path)
+    cls = MODEL_TYPES[meta["model_type"]]
+    try:
+        model = cls.from_config(cls.config_class(**meta["config"]))
+    except TypeError as e:
+        raise CheckpointError(f"{path}: config does not fit {cls.__name__} ({e})") from None
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:
+        raise CheckpointError(f"{path}: corrupt checkpoint ({e})") from None
+    tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    # Tied weights are stored once; anything else missing is corruption.
+    tied = {n for n in missing if _is_tied(model, n)}
+    if set(missing) - tied or unexpected:
+        raise CheckpointError(f"{path}: weights do not match the config (missing {sorted(set(missing) - tied)}, "
+                              f"unexpected {sorted(unexpected)})")
+    model.extra = meta["extra"]
+    return model.eval()
+
+
+def _is_tied(model: nn.Module, name: str) -> bool:
+    return name == "out.weight" and getattr(getattr(model, "config", None), "tie_weights", False)

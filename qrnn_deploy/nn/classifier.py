@@ -1,0 +1,69 @@
+"""QRNN classifier (the paper's sentiment model): densely connected QRNN, final output -> linear."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from qrnn_deploy.errors import ConfigError
+from qrnn_deploy.nn.layers import QRNN
+
+
+@dataclass
+class ClassifierConfig:
+    vocab_size: int
+    embed_size: int
+    hidden_size: int
+    num_layers: int
+    num_classes: int
+    window: Union[int, list] = 2
+    pooling: str = "fo"
+    zoneout: float = 0.0
+    dropout: float = 0.0
+    dense: bool = True
+
+
+class QRNNClassifier(nn.Module):
+    """tokens [B, T] -> class logits [B, num_classes] from the stack output at the last step.
+
+    With `lengths` [B] the last step of each padded sequence is its own (the QRNN is causal, so
+    right padding never changes earlier outputs). Streaming gives a running prediction: the
+    logits after each chunk are those of the prefix seen so far.
+    """
+
+    model_type = "classifier"
+    config_class = ClassifierConfig
+
+    def __init__(self, vocab_size: int, embed_size: int, hidden_size: int, num_layers: int,
+                 num_classes: int, **kw):
+        super().__init__()
+        cfg = self.config = ClassifierConfig(vocab_size, embed_size, hidden_size, num_layers, num_classes, **kw)
+        if num_classes < 2:
+            raise ConfigError(f"QRNNClassifier: num_classes must be >= 2, got {num_classes}")
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_size)
+        self.qrnn = QRNN(cfg.embed_size, cfg.hidden_size, cfg.num_layers, cfg.window, cfg.pooling,
+                         cfg.zoneout, cfg.dropout, cfg.dense)
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.out = nn.Linear(self.qrnn.output_size, cfg.num_classes)
+
+    @classmethod
+    def from_config(cls, cfg: ClassifierConfig) -> "QRNNClassifier":
+        d = dict(cfg.__dict__)
+        return cls(d.pop("vocab_size"), d.pop("embed_size"), d.pop("hidden_size"), d.pop("num_layers"),
+                   d.pop("num_classes"), **d)
+
+    def init_state(self, batch_size: int):
+        return self.qrnn.init_state(batch_size)
+
+    def forward(self, tokens: torch.Tensor, state=None, lengths: Optional[torch.Tensor] = None):
+        if tokens.dim() != 2:
+            raise ConfigError(f"QRNNClassifier: tokens must be [B, T], got shape {list(tokens.shape)}")
+        y, state = self.qrnn(self.embed(tokens), state)
+        if lengths is None:
+            last = y[:, -1]
+        else:
+            last = y[torch.arange(y.shape[0], device=y.device), lengths.to(y.device) - 1]
+        return self.out(self.drop(last)), state
