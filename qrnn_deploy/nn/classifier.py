@@ -24,6 +24,7 @@ class ClassifierConfig:
     zoneout: float = 0.0
     dropout: float = 0.0
     dense: bool = True
+    bidirectional: bool = False  # whole sequences only: a bidirectional stack cannot stream
 
 
 class QRNNClassifier(nn.Module):
@@ -45,7 +46,7 @@ class QRNNClassifier(nn.Module):
             raise ConfigError(f"QRNNClassifier: num_classes must be >= 2, got {num_classes}")
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_size)
         self.qrnn = QRNN(cfg.embed_size, cfg.hidden_size, cfg.num_layers, cfg.window, cfg.pooling,
-                         cfg.zoneout, cfg.dropout, cfg.dense)
+                         cfg.zoneout, cfg.dropout, cfg.dense, cfg.bidirectional)
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.out = nn.Linear(self.qrnn.output_size, cfg.num_classes)
 
