@@ -14,7 +14,6 @@ bundle. `greedy_decode` and `beam_search` are the reference decoders the runtime
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -25,6 +24,7 @@ from torch import nn
 from qrnn_deploy.errors import ConfigError
 from qrnn_deploy.nn.fo_pool import fo_pool
 from qrnn_deploy.nn.layers import QRNNLayer, QRNNState, _per_layer
+from qrnn_deploy.decoding import beam_step, best_hypothesis
 from qrnn_deploy.vocab import BOS, EOS, PAD
 
 
@@ -215,49 +215,3 @@ class QRNNSeq2Seq(nn.Module):
             idx = torch.tensor([p for _, p, _ in live_next])
             state = [QRNNState(None if st.conv_state is None else st.conv_state[idx], st.c[idx]) for st in state]
         return best_hypothesis(finished, length_penalty)
-
-
-def beam_step(scores, logp, beam: int, n_finished: int, last_step: bool):
-    """One beam-search expansion: the exact rule every decoder of this project implements.
-
-    scores: [K] summed log-probs of the live hypotheses; logp: [K, V] float64 log-probs of the
-    next symbol. Candidates (score_k + logp[k, v]) are ranked best first, ties to the lower flat
-    index k*V + v. Walking the best 2*beam in order: a </s> candidate ranked within the first
-    `beam` finishes (while fewer than `beam` hypotheses are finished in all); any other candidate
-    becomes live while fewer than `beam` are live. On the last step (max_len reached) live
-    candidates finish instead, their symbol included. Once `beam` hypotheses are finished,
-    nothing stays live.
-    Returns (live [(score, parent, symbol)], finished [(score, parent, symbol)]); a finished
-    symbol of </s> is not part of the hypothesis' tokens.
-    """
-    import numpy as np
-
-    K, V = logp.shape
-    total = (np.asarray(scores, dtype=np.float64)[:, None] + logp).reshape(-1)
-    order = np.argsort(-total, kind="stable")[:2 * beam]
-    live, fin = [], []
-    for rank, flat in enumerate(order):
-        p, t = divmod(int(flat), V)
-        s = float(total[flat])
-        if t == EOS:
-            if rank < beam and n_finished + len(fin) < beam:
-                fin.append((s, p, t))
-        elif len(live) < beam:
-            live.append((s, p, t))
-    if last_step:
-        fin += live[:max(0, beam - n_finished - len(fin))]
-        live = []
-    if n_finished + len(fin) >= beam:
-        live = []
-    return live, fin
-
-
-def best_hypothesis(finished, length_penalty: float) -> list[int]:
-    """The finished hypothesis with the best score / (len + 1) ** length_penalty (+1 counts the
-    end symbol); ties go to the one finished first."""
-    best, best_score = [], -math.inf
-    for s, seq in finished:
-        norm = s / ((len(seq) + 1) ** length_penalty)
-        if norm > best_score:
-            best, best_score = seq, norm
-    return best
