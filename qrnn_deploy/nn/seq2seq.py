@@ -35,7 +35,7 @@ class Seq2SeqConfig:
     embed_size: int = 64
     hidden_size: int = 320
     num_layers: int = 4
-    encoder_window: Union[int, list] = field(default_factory=lambda: [6, 2, 2, 2])
+    encoder_window: Union[int, list, None] = None  # None: the paper's 6 for layer 1, 2 above
     decoder_window: Union[int, list] = 2
     pooling: str = "fo"
     zoneout: float = 0.0
@@ -95,6 +95,8 @@ class QRNNSeq2Seq(nn.Module):
         L, H = cfg.num_layers, cfg.hidden_size
         if L < 1:
             raise ConfigError(f"QRNNSeq2Seq: num_layers must be >= 1, got {L}")
+        if cfg.encoder_window is None:
+            cfg.encoder_window = [6] + [2] * (L - 1)
         self.enc_windows = _per_layer(cfg.encoder_window, L, "encoder_window")
         self.dec_windows = _per_layer(cfg.decoder_window, L, "decoder_window")
         self.src_embed = nn.Embedding(cfg.src_vocab_size, cfg.embed_size)
