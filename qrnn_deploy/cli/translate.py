@@ -1,0 +1,46 @@
+"""`qrnn-deploy translate BUNDLE [TEXT]`: translate with the streaming runtime (no PyTorch).
+
+Each target token is written as soon as the decoder makes it final (flushed per token). With no
+TEXT, every line of stdin is one source, translated in turn.
+"""
+
+from typing import Optional
+
+import typer
+
+from qrnn_deploy.cli.app import app
+
+
+@app.command()
+def translate(bundle: str = typer.Argument(..., help="Bundle directory (written by `qrnn-deploy export`)."),
+              text: Optional[str] = typer.Argument(None, help="Source text; omitted: read stdin line by line."),
+              beam: int = typer.Option(1, "--beam", "-k", min=1, help="Beam size (1 = greedy)."),
+              max_len: int = typer.Option(200, "--max-len", min=1, help="Most target symbols per sentence."),
+              length_penalty: float = typer.Option(1.0, "--length-penalty",
+                                                   help="Beam: scores are divided by (len + 1) ** this."),
+              threads: Optional[int] = typer.Option(None, "--threads", min=1, help="onnxruntime intra-op threads."),
+              backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime or tensorrt.")):
+    """Translate TEXT (or each line of stdin) with a seq2seq bundle, printing tokens as they come."""
+    import sys
+
+    from qrnn_deploy.runtime import load_bundle
+
+    translator = load_bundle(bundle, backend=backend, threads=threads).translator()
+    out = sys.stdout
+
+    def one(source: str) -> None:
+        if source:  # an empty line has no source to attend to: it translates to an empty line
+            ts = translator.stream()
+            ts.feed(source)
+            for tok in ts.tokens(beam=beam, max_len=max_len, length_penalty=length_penalty):
+                out.write(translator.token_text(tok))
+                out.flush()
+            ts.close()
+        out.write("\n")
+        out.flush()
+
+    if text is not None:
+        one(text)
+        return
+    for line in sys.stdin:
+        one(line.rstrip("\r\n"))

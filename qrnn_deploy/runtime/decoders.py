@@ -1,0 +1,224 @@
+"""Decode states for seq2seq bundles, and `DecodeBatch`, which steps many of them in one call.
+
+A decoder (GreedyDecoder, BeamDecoder) owns one translation's decoding: the encoder memory
+[S, H] and conditioning cond_{l} [P*H], its decoder-graph states ([K, ...], one row per live
+hypothesis: K = 1 for greedy), and its hypotheses. It does no graph calls itself: each step it
+offers `next_tokens()` ([K] ids) and its states, and `advance(logits [K, V], states [K, ...])`
+applies the step and returns the tokens that became final. `DecodeBatch.step(decoders)` runs the
+decoder graph once for all rows of all decoders (memories of different lengths padded, with
+memory_mask 0 on the padding), so a single translation and a server batch share one code path.
+The choice rules are exactly the reference decoders' (QRNNSeq2Seq.greedy_decode / beam_search):
+argmax for greedy, `qrnn_deploy.decoding.beam_step` / `best_hypothesis` for beams.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from qrnn_deploy.decoding import beam_step, best_hypothesis
+from qrnn_deploy.errors import ConfigError, StreamError
+from qrnn_deploy.runtime.loader import Graph
+from qrnn_deploy.runtime.stream import split_states, stack_states
+from qrnn_deploy.vocab import BOS, EOS
+
+MEMORY, MEMORY_MASK, LOGITS = "memory", "memory_mask", "logits"
+
+
+def log_softmax64(x: np.ndarray) -> np.ndarray:
+    """log_softmax over the last axis in float64 (as the reference: logits.double().log_softmax)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = x - x.max(-1, keepdims=True)
+    return y - np.log(np.exp(y).sum(-1, keepdims=True))
+
+
+def _common_prefix(seqs: Sequence[list]) -> int:
+    n = min(len(s) for s in seqs)
+    first = seqs[0]
+    for i in range(n):
+        t = first[i]
+        if any(s[i] != t for s in seqs):
+            return i
+    return n
+
+
+class _Decoder:
+    """Shared parts: the context (memory, cond), states, max_len, and what was emitted."""
+
+    def __init__(self, memory: np.ndarray, cond: dict, states: dict, max_len: int):
+        if memory.ndim != 2 or memory.shape[0] < 1:
+            raise StreamError(f"decoder memory must be [S >= 1, H], got shape {list(memory.shape)}")
+        self.memory, self.cond, self.states = memory, cond, states
+        self.max_len = int(max_len)
+        self.steps = 0
+        self.emitted: list[int] = []  # tokens handed out as final, in order
+        self.done = self.max_len <= 0
+        # For a lone decoder the graph inputs are views of these (no per-step copies).
+        self.memory_mask = np.ones((1, memory.shape[0]), dtype=np.float32)
+
+    @property
+    def num_rows(self) -> int:
+        raise NotImplementedError
+
+    def next_tokens(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def advance(self, logits: np.ndarray, states: dict) -> list:
+        raise NotImplementedError
+
+
+class GreedyDecoder(_Decoder):
+    """The argmax symbol each step until </s> (not included) or max_len symbols."""
+
+    def __init__(self, memory, cond, states, max_len: int = 200):
+        super().__init__(memory, cond, states, max_len)
+        self._last = BOS
+
+    @property
+    def num_rows(self) -> int:
+        return 1
+
+    def next_tokens(self) -> np.ndarray:
+        return np.array([self._last], dtype=np.int64)
+
+    def advance(self, logits: np.ndarray, states: dict) -> list:
+        """logits [1, V] of this step -> [the new token] or [] at </s>."""
+        self.steps += 1
+        tok = int(np.argmax(logits[0]))
+        if tok == EOS:
+            self.done = True
+            return []
+        self.states, self._last = states, tok
+        self.emitted.append(tok)
+        self.done = self.steps >= self.max_len
+        return [tok]
+
+    @property
+    def result(self) -> list:
+        return list(self.emitted)
+
+
+class BeamDecoder(_Decoder):
+    """Beam search: K live hypotheses (K <= beam), the decoder states reordered by parent each step.
+
+    Final tokens: the common prefix of every live and finished hypothesis can no longer change
+    (the answer is a finished one, or a descendant of a live one), so it is emitted as it grows;
+    the rest of the best hypothesis comes when the search ends.
+    """
+
+    def __init__(self, memory, cond, states, beam: int = 4, max_len: int = 200, length_penalty: float = 1.0):
+        if beam < 1:
+            raise ConfigError(f"beam must be >= 1, got {beam}")
+        super().__init__(memory, cond, states, max_len)
+        self.beam, self.length_penalty = int(beam), float(length_penalty)
+        self.live: list = [(0.0, [])]  # (sum of log-probs, tokens)
+        self.finished: list = []
+        self._result: Optional[list] = [] if self.done else None
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.live)
+
+    def next_tokens(self) -> np.ndarray:
+        return np.array([seq[-1] if seq else BOS for _, seq in self.live], dtype=np.int64)
+
+    def advance(self, logits: np.ndarray, states: dict) -> list:
+        """logits [K, V] -> the tokens that became final this step."""
+        logp = log_softmax64(logits)
+        self.steps += 1
+        live_next, fin = beam_step([s for s, _ in self.live], logp, self.beam, len(self.finished),
+                                   self.steps == self.max_len)
+        self.finished += [(s, self.live[p][1] + ([] if t == EOS else [t])) for s, p, t in fin]
+        if not live_next:
+            self.done = True
+            self._result = best_hypothesis(self.finished, self.length_penalty)
+            new = self._result[len(self.emitted):]
+        else:
+            self.live = [(s, self.live[p][1] + [t]) for s, p, t in live_next]
+            idx = np.array([p for _, p, _ in live_next])
+            if not np.array_equal(idx, np.arange(len(self.live))) or len(idx) != len(logits):
+                states = {n: a[idx] for n, a in states.items()}
+            self.states = states
+            seqs = [seq for _, seq in self.live] + [seq for _, seq in self.finished]
+            n = _common_prefix(seqs)
+            new = seqs[0][len(self.emitted):n]
+        self.emitted += new
+        return new
+
+    @property
+    def result(self) -> Optional[list]:
+        """The best hypothesis' tokens (no </s>) once `done`, else None."""
+        return None if self._result is None else list(self._result)
+
+
+class DecodeBatch:
+    """Steps many decoders (of one decoder graph) with one graph call per step.
+
+    Rows of all live decoders are stacked: tokens [N, 1], states [N, ...], memories padded to the
+    longest [N, S_max, H] with memory_mask [N, S_max] (1 = source position, 0 = padding) and
+    cond_{l} [N, P*H]. The padded context is cached while the set of decoders and their row
+    counts stay the same (greedy decoders: until one joins or finishes).
+    """
+
+    def __init__(self, graph: Graph, cond_names: Sequence[str]):
+        self.graph = graph
+        self.cond_names = list(cond_names)
+        self.mask_dtype = np.float32
+        spec = graph.input_specs.get(MEMORY_MASK)
+        if spec is not None and spec.dtype != "float32":
+            from qrnn_deploy.runtime.loader import np_dtype
+
+            self.mask_dtype = np_dtype(spec.dtype, "decoder memory_mask")
+        self._ctx_key: list = []
+        self._ctx: dict = {}
+
+    def _context(self, decoders: Sequence[_Decoder]) -> dict:
+        key = [(d, d.num_rows) for d in decoders]
+        if len(key) == len(self._ctx_key) and all(a is b and m == n for (a, m), (b, n) in zip(key, self._ctx_key)):
+            return self._ctx
+        if len(decoders) == 1 and decoders[0].num_rows == 1:
+            d = decoders[0]
+            ctx = {MEMORY: d.memory[None], MEMORY_MASK: d.memory_mask.astype(self.mask_dtype, copy=False)}
+            ctx.update({n: d.cond[n][None] for n in self.cond_names})
+        else:
+            rows = [d.num_rows for d in decoders]
+            N, S = sum(rows), max(d.memory.shape[0] for d in decoders)
+            m0 = decoders[0].memory
+            memory = np.zeros((N, S, m0.shape[1]), dtype=m0.dtype)
+            mask = np.zeros((N, S), dtype=self.mask_dtype)
+            cond = {n: np.empty((N,) + decoders[0].cond[n].shape, dtype=decoders[0].cond[n].dtype)
+                    for n in self.cond_names}
+            a = 0
+            for d, k in zip(decoders, rows):
+                s = d.memory.shape[0]
+                memory[a:a + k, :s] = d.memory
+                mask[a:a + k, :s] = 1
+                for n in self.cond_names:
+                    cond[n][a:a + k] = d.cond[n]
+                a += k
+            ctx = {MEMORY: memory, MEMORY_MASK: mask, **cond}
+        self._ctx_key, self._ctx = key, ctx
+        return ctx
+
+    def step(self, decoders: Sequence[_Decoder]) -> list:
+        """One decoding step for every decoder not yet done -> per decoder, its new final tokens."""
+        live = [d for d in decoders if not d.done]
+        out = {id(d): [] for d in decoders}
+        if live:
+            rows = [d.num_rows for d in live]
+            tgt = np.concatenate([d.next_tokens() for d in live])[:, None]
+            inputs = {self.graph.token_input: tgt.astype(self.graph.token_dtype, copy=False)}
+            inputs.update(self._context(live))
+            outputs, states = self.graph.run(inputs, stack_states([d.states for d in live]))
+            logits = outputs[LOGITS][:, -1]
+            a = 0
+            for d, k, st in zip(live, rows, split_states(states, rows)):
+                out[id(d)] = d.advance(logits[a:a + k], st)
+                a += k
+        return [out[id(d)] for d in decoders]
+
+    def run(self, decoder: _Decoder):
+        """Steps one decoder to the end, yielding each token as it becomes final."""
+        while not decoder.done:
+            yield from self.step([decoder])[0]
