@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 
 from qrnn_deploy.errors import ConfigError
+from qrnn_deploy.nn import _cuda_kernels
 
 POOLING_GATES = {"f": 2, "fo": 3, "ifo": 4}
 
@@ -138,6 +139,10 @@ def _fo_pool_forward_impl(gates, c0, pooling, batch_first, reverse):
         h = torch.empty(gates.shape[:2] + (H,), dtype=gates.dtype, device=gates.device)
         c_last = c0.clone() if c0 is not None else gates.new_zeros(B, H)
         return h, c_last
+    if gates.is_cuda:  # the plugins/cuda kernels; None when they cannot be built (warned once)
+        out = _cuda_kernels.forward(gates, c0, pooling, batch_first, reverse)
+        if out is not None:
+            return out
     g, c0c = _prepare(gates, c0, batch_first, reverse)
     z, f, o, i, cs = _scan_forward(g, c0c, P, H)
     h = cs if P == 2 else o * cs
@@ -154,6 +159,10 @@ def _fo_pool_backward_impl(grad_h, grad_c_last, gates, c0, pooling, batch_first,
     if T == 0 or B == 0:
         gc0 = None if c0 is None else grad_c_last.to(c0.dtype).clone()
         return torch.zeros_like(gates), gc0
+    if gates.is_cuda:
+        out = _cuda_kernels.backward(grad_h, grad_c_last, gates, c0, pooling, batch_first, reverse)
+        if out is not None:
+            return out
     g, c0c = _prepare(gates, c0, batch_first, reverse)
     cdt = g.dtype
     z, f, o, i, cs = _scan_forward(g, c0c, P, H)
