@@ -1,0 +1,153 @@
+"""`export_bundle`: a qrnn_deploy.nn model -> a bundle directory (DESIGN.md section 4).
+
+Graphs are written first, verified against the model, and the manifest comes last: a directory
+whose export failed never holds a manifest that a runtime would load.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+import onnx
+import torch
+
+from qrnn_deploy import __version__
+from qrnn_deploy.bundle import MANIFEST_NAME, Manifest
+from qrnn_deploy.errors import ConfigError, ExportError
+from qrnn_deploy.export.graphs import model_graphs
+from qrnn_deploy.export.nodes import VARIANTS
+from qrnn_deploy.export.schema import FO_POOL_DOMAIN, FO_POOL_OP, FO_POOL_VERSION, register_fo_pool_schema
+from qrnn_deploy.vocab import BOS, EOS, PAD, UNK, CharVocab
+
+DEFAULT_OPSET = 17
+# Shape(start/end) is avoided, Split/Unsqueeze/Squeeze take their sizes as inputs: opset 13 is
+# the oldest whose operator signatures the graphs use.
+MIN_OPSET = 13
+
+
+def _check_opset(opset: Optional[int]) -> int:
+    if opset is None:
+        return DEFAULT_OPSET
+    newest = onnx.defs.onnx_opset_version()
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise ExportError(f"opset {opset!r} is not supported: use {MIN_OPSET}..{newest} (default {DEFAULT_OPSET})")
+    return opset
+
+
+def _vocab_json(value, where: str) -> dict:
+    if isinstance(value, CharVocab):
+        return value.to_json()
+    try:
+        return CharVocab.from_json(value).to_json()
+    except ConfigError as e:
+        raise ExportError(f"{where}: {e}") from None
+
+
+def resolve_vocab(model, vocab=None) -> Optional[dict]:
+    """The manifest's vocabulary entry: `vocab` (a CharVocab, its JSON dict, or for seq2seq a
+    (src, tgt) pair), else model.extra["vocab"] or model.extra["src_vocab"] / ["tgt_vocab"].
+    Returns {"type": "char", ...}, {"src": {...}, "tgt": {...}} or None."""
+    extra = getattr(model, "extra", None) or {}
+    if vocab is None:
+        if "vocab" in extra:
+            vocab = extra["vocab"]
+        elif "src_vocab" in extra or "tgt_vocab" in extra:
+            vocab = (extra.get("src_vocab"), extra.get("tgt_vocab"))
+    if vocab is None:
+        return None
+    if isinstance(vocab, (tuple, list)) or (isinstance(vocab, dict) and "src" in vocab):
+        src, tgt = (vocab["src"], vocab["tgt"]) if isinstance(vocab, dict) else vocab
+        if src is None or tgt is None:
+            raise ExportError("a vocabulary pair needs both the source and the target vocabulary")
+        out = {"src": _vocab_json(src, "source vocabulary"), "tgt": _vocab_json(tgt, "target vocabulary")}
+        sizes = [("src_vocab_size", out["src"]), ("tgt_vocab_size", out["tgt"])]
+    else:
+        out = _vocab_json(vocab, "vocabulary")
+        cfg = model.config
+        sizes = [(k, out) for k in ("vocab_size", "src_vocab_size", "tgt_vocab_size") if hasattr(cfg, k)]
+    for key, v in sizes:
+        n = getattr(model.config, key)
+        if len(v["symbols"]) > n:
+            raise ExportError(f"the vocabulary has {len(v['symbols'])} symbols but the model's {key} is {n}")
+    return out
+
+
+def _prepare_dir(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ExportError(f"cannot write the bundle: {out_dir} exists and is not a directory") from None
+    except OSError as e:
+        raise ExportError(f"cannot create the bundle directory {out_dir}: {e.strerror}") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write the bundle: {out_dir} is not writable")
+    stale = out_dir / MANIFEST_NAME
+    if stale.exists():
+        # An old manifest must not describe new graphs if this export fails half way.
+        stale.unlink()
+
+
+def export_bundle(model, out_dir: Union[str, Path], fo_pool: str = "custom", opset: Optional[int] = None,
+                  verify: bool = True, vocab=None, tol: float = 1e-4, node_attrs: Optional[dict] = None,
+                  verify_engine: str = "auto") -> Manifest:
+    """Writes `model` (QRNNLanguageModel -> "lm", QRNNClassifier -> "classifier", QRNNSeq2Seq ->
+    "encoder" + "decoder") as a bundle in `out_dir` and returns its manifest.
+
+    fo_pool: "custom" (one qrnn::FoPool node per layer; runtimes need the custom-op library) or
+    "portable" (standard ONNX operators only). Every graph streams: batch-first inputs with
+    dynamic B and T (S for the memory), states conv_state_{l} / c_state_{l} in and *_out out.
+    verify: compare onnxruntime with the PyTorch model (qrnn_deploy.export.verify); the figures
+    go to manifest.metadata["verification"]. Raises ExportError (unsupported model or options,
+    unwritable directory) or VerificationError.
+    """
+    if fo_pool not in VARIANTS:
+        raise ExportError(f"fo_pool must be one of {VARIANTS}, got {fo_pool!r}")
+    opset = _check_opset(opset)
+    if not isinstance(model, torch.nn.Module) or getattr(model, "model_type", None) is None:
+        raise ExportError(f"cannot export {type(model).__name__}: not a qrnn_deploy.nn model")
+    vocab_entry = resolve_vocab(model, vocab)
+    # Weights are read in float32 from a copy, so a half-precision or training-mode model is
+    # left as the caller had it.
+    model = copy.deepcopy(model).float().eval()
+    graphs = model_graphs(model, fo_pool, opset, node_attrs)
+
+    out_dir = Path(out_dir)
+    _prepare_dir(out_dir)
+    if fo_pool == "custom":
+        register_fo_pool_schema()
+    paths, specs = {}, {}
+    for role, (proto, spec) in graphs.items():
+        onnx.checker.check_model(proto, full_check=True)
+        spec.file = f"{role}.onnx"
+        path = out_dir / spec.file
+        try:
+            onnx.save_model(proto, str(path))
+        except OSError as e:
+            raise ExportError(f"cannot write {path}: {e.strerror}") from None
+        paths[role], specs[role] = path, spec
+
+    metadata = {"created_by": f"qrnn-deploy {__version__}", "torch": torch.__version__, "onnx": onnx.__version__,
+                "sizes": {role: p.stat().st_size for role, p in paths.items()},
+                "parameters": sum(p.numel() for p in {id(q): q for q in model.parameters()}.values())}
+    extra = getattr(model, "extra", None) or {}
+    if "labels" in extra:
+        metadata["labels"] = extra["labels"]
+    if verify:
+        from qrnn_deploy.export.verify import verify_graphs
+
+        metadata["verification"] = verify_graphs(model, paths, specs, fo_pool, tol=tol, engine=verify_engine)
+
+    manifest = Manifest(
+        model_type=model.model_type, fo_pool=fo_pool, graphs=specs, config=dict(model.config.__dict__),
+        vocab=vocab_entry,
+        special_tokens={"pad": PAD, "unk": UNK, "bos": BOS, "eos": EOS} if vocab_entry else {},
+        opset=opset,
+        custom_op={"domain": FO_POOL_DOMAIN, "op_type": FO_POOL_OP, "version": FO_POOL_VERSION}
+        if fo_pool == "custom" else None,
+        metadata=metadata)
+    manifest.validate(str(out_dir / MANIFEST_NAME))
+    manifest.write(out_dir)
+    return manifest

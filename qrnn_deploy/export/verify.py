@@ -1,0 +1,259 @@
+"""Verification of exported graphs: the PyTorch model against onnxruntime on random inputs.
+
+For several batch sizes and chunk lengths it checks (1) every graph output and next state equals
+the PyTorch model's, (2) streaming a sequence chunk by chunk through onnxruntime equals one
+whole pass. An error larger than `tol * max(1, max |reference|)` raises VerificationError.
+
+Sessions come from qrnn_deploy._native.ort_session (which registers the FoPool custom-op library).
+When a custom-op graph cannot get a session because the library is not built, the graphs run on
+onnx.reference.ReferenceEvaluator with the numpy FoPool instead, and the report says so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from qrnn_deploy.errors import BuildError, VerificationError
+
+DEFAULT_TOL = 1e-4
+# (B, T) of whole-sequence cases, and the chunkings of a T = 9 sequence.
+WHOLE_CASES = [(1, 1), (2, 5), (3, 9)]
+CHUNKINGS = [[1, 3, 5], [4, 1, 4]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Running a graph.
+
+
+def ort_runner(path, custom_ops: bool, threads: Optional[int] = 1) -> Callable[[dict], dict]:
+    """feeds -> {output name: array} for the ONNX file at `path`, on onnxruntime (CPU).
+
+    Raises BuildError when the graph needs the FoPool library and it is not available.
+    """
+    session = None
+    try:
+        from qrnn_deploy._native import ort_session
+    except ImportError:
+        ort_session = None
+    if ort_session is not None:
+        session = ort_session(str(path), providers=["CPUExecutionProvider"], threads=threads,
+                              custom_ops=custom_ops)
+    elif custom_ops:
+        raise BuildError("the FoPool onnxruntime library support (qrnn_deploy._native) is not available")
+    else:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return lambda feeds: dict(zip(names, session.run(names, feeds)))
+
+
+def reference_runner(path) -> Callable[[dict], dict]:
+    from qrnn_deploy.export.reference import reference_evaluator
+
+    ev = reference_evaluator(str(path))
+    return lambda feeds: dict(zip(ev.output_names, ev.run(None, feeds)))
+
+
+def make_runners(paths: dict, variant: str, engine: str = "auto") -> tuple[dict, str]:
+    """role -> runner for the graph files `paths` (role -> path), and the engine's description.
+
+    engine: "onnxruntime", "reference" or "auto" (onnxruntime; the reference evaluator only for
+    custom-op graphs when the custom-op library is not built)."""
+    if engine in ("auto", "onnxruntime"):
+        try:
+            runners = {r: ort_runner(p, variant == "custom") for r, p in paths.items()}
+            return runners, "onnxruntime"
+        except BuildError as e:
+            if engine == "onnxruntime" or variant != "custom":
+                raise
+            reason = str(e)
+    else:
+        reason = "asked for"
+    runners = {r: reference_runner(p) for r, p in paths.items()}
+    return runners, f"onnx.reference.ReferenceEvaluator ({reason})"
+
+
+# ----------------------------------------------------------------------------------------------
+# Comparing.
+
+
+class _Errors:
+    """Running maxima of |onnx - torch| and |chunked - whole|, failing past tolerance."""
+
+    def __init__(self, tol: float):
+        self.tol, self.vs_torch, self.chunked, self.cases = tol, 0.0, 0.0, 0
+
+    def _check(self, got: np.ndarray, want: np.ndarray, what: str) -> float:
+        got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+        if got.shape != want.shape:
+            raise VerificationError(f"{what}: shape {list(got.shape)} differs from the reference's {list(want.shape)}")
+        if got.size == 0:
+            return 0.0
+        err = float(np.max(np.abs(got - want)))
+        scale = max(1.0, float(np.max(np.abs(want))))
+        if not np.isfinite(err) or err > self.tol * scale:
+            raise VerificationError(f"{what}: max |difference| {err:.3g} exceeds the tolerance "
+                                    f"{self.tol:g} (x {scale:.3g}); the exported graph does not match the model")
+        return err
+
+    def torch(self, got, want, what):
+        self.vs_torch = max(self.vs_torch, self._check(got, want, what))
+
+    def stream(self, got, want, what):
+        self.chunked = max(self.chunked, self._check(got, want, what))
+
+
+def _t(x: torch.Tensor) -> np.ndarray:
+    return x.detach().to(torch.float32).cpu().numpy()
+
+
+def _zeros(spec, B: int) -> dict:
+    return {s.name: np.zeros([B if d == "B" else d for d in s.shape], np.float32) for s in spec.states}
+
+
+def _torch_state_feeds(spec, state) -> dict:
+    """The graph's state outputs (name_out -> array) from a list of QRNNState."""
+    out = {}
+    for l, st in enumerate(state):
+        if st.conv_state is not None:
+            out[f"conv_state_{l}_out"] = _t(st.conv_state)
+        out[f"c_state_{l}_out"] = _t(st.c)
+    return out
+
+
+def _next_states(spec, res: dict) -> dict:
+    return {s.name: res[s.output] for s in spec.states}
+
+
+def _compare_states(errs: _Errors, spec, res: dict, state, what: str) -> None:
+    want = _torch_state_feeds(spec, state)
+    for s in spec.states:
+        errs.torch(res[s.output], want[s.output], f"{what}: state {s.output}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Per model type.
+
+
+def _verify_stack(model, spec, run, errs: _Errors, rng: np.random.Generator, per_step: bool) -> None:
+    """LM (`per_step`: logits [B, T, V]) or classifier (logits [B, C] of the last step)."""
+    V = model.config.vocab_size
+    for B, T in WHOLE_CASES:
+        tokens = rng.integers(0, V, (B, T))
+        want, state = model(torch.from_numpy(tokens))
+        res = run({"tokens": tokens, **_zeros(spec, B)})
+        errs.torch(res["logits"], _t(want), f"logits (B={B}, T={T})")
+        _compare_states(errs, spec, res, state, f"B={B}, T={T}")
+        errs.cases += 1
+    B, T = 2, sum(CHUNKINGS[0])
+    tokens = rng.integers(0, V, (B, T))
+    whole = run({"tokens": tokens, **_zeros(spec, B)})
+    for chunks in CHUNKINGS:
+        states, parts, t0, tstate = _zeros(spec, B), [], 0, None
+        for n in chunks:
+            res = run({"tokens": tokens[:, t0:t0 + n], **states})
+            want, tstate = model(torch.from_numpy(tokens[:, t0:t0 + n]), tstate)
+            errs.torch(res["logits"], _t(want), f"chunk {t0}:{t0 + n} of {chunks}")
+            parts.append(res["logits"])
+            states, t0 = _next_states(spec, res), t0 + n
+        got = np.concatenate(parts, 1) if per_step else parts[-1]
+        errs.stream(got, whole["logits"], f"chunked {chunks} vs whole: logits")
+        for s in spec.states:
+            errs.stream(states[s.name], whole[s.output], f"chunked {chunks} vs whole: state {s.output}")
+        errs.cases += 1
+
+
+def _verify_seq2seq(model, specs: dict, runs: dict, errs: _Errors, rng: np.random.Generator) -> None:
+    cfg = model.config
+    L = cfg.num_layers
+    enc_spec, dec_spec = specs["encoder"], specs["decoder"]
+    enc, dec = runs["encoder"], runs["decoder"]
+    cond_names = [f"cond_{l}" for l in range(L)]
+    for B, T in WHOLE_CASES:
+        src = rng.integers(0, cfg.src_vocab_size, (B, T))
+        memory, cond, state = model.encode(torch.from_numpy(src))
+        res = enc({"src": src, **_zeros(enc_spec, B)})
+        errs.torch(res["memory"], _t(memory), f"encoder memory (B={B}, T={T})")
+        for n, c in zip(cond_names, cond):
+            errs.torch(res[n], _t(c), f"encoder {n} (B={B}, T={T})")
+        _compare_states(errs, enc_spec, res, state, f"encoder B={B}, T={T}")
+        errs.cases += 1
+
+    # Encoder streaming: memory chunks concatenate to the whole memory; the last chunk's cond is
+    # the whole sequence's.
+    B, S = 3, sum(CHUNKINGS[0])
+    src = rng.integers(0, cfg.src_vocab_size, (B, S))
+    whole = enc({"src": src, **_zeros(enc_spec, B)})
+    for chunks in CHUNKINGS:
+        states, parts, t0 = _zeros(enc_spec, B), [], 0
+        for n in chunks:
+            res = enc({"src": src[:, t0:t0 + n], **states})
+            parts.append(res["memory"])
+            states, t0 = _next_states(enc_spec, res), t0 + n
+        errs.stream(np.concatenate(parts, 1), whole["memory"], f"encoder chunked {chunks} vs whole: memory")
+        for n in cond_names:
+            errs.stream(res[n], whole[n], f"encoder chunked {chunks} vs whole: {n}")
+        errs.cases += 1
+
+    # Decoder on a padded batch of sources (memory_mask 0 past each row's length).
+    lengths = np.array([S, 4, 1])[:B]
+    mask = (np.arange(S)[None, :] < lengths[:, None])
+    memory, cond, _ = model.encode(torch.from_numpy(src), None, torch.from_numpy(lengths))
+    ctx = {"memory": _t(memory), "memory_mask": mask.astype(np.float32),
+           **{n: _t(c) for n, c in zip(cond_names, cond)}}
+    mask_t = torch.from_numpy(mask)
+    for T in (1, 6):
+        tgt = rng.integers(0, cfg.tgt_vocab_size, (B, T))
+        want, state = model.decode(torch.from_numpy(tgt), memory, mask_t, cond)
+        res = dec({"tgt": tgt, **ctx, **_zeros(dec_spec, B)})
+        errs.torch(res["logits"], _t(want), f"decoder logits (B={B}, T={T})")
+        _compare_states(errs, dec_spec, res, state, f"decoder B={B}, T={T}")
+        errs.cases += 1
+    T = sum(CHUNKINGS[1])
+    tgt = rng.integers(0, cfg.tgt_vocab_size, (B, T))
+    whole = dec({"tgt": tgt, **ctx, **_zeros(dec_spec, B)})
+    for chunks in CHUNKINGS:
+        states, parts, t0, tstate = _zeros(dec_spec, B), [], 0, None
+        for n in chunks:
+            res = dec({"tgt": tgt[:, t0:t0 + n], **ctx, **states})
+            want, tstate = model.decode(torch.from_numpy(tgt[:, t0:t0 + n]), memory, mask_t, cond, tstate)
+            errs.torch(res["logits"], _t(want), f"decoder chunk {t0}:{t0 + n} of {chunks}")
+            parts.append(res["logits"])
+            states, t0 = _next_states(dec_spec, res), t0 + n
+        errs.stream(np.concatenate(parts, 1), whole["logits"], f"decoder chunked {chunks} vs whole: logits")
+        for s in dec_spec.states:
+            errs.stream(states[s.name], whole[s.output], f"decoder chunked {chunks} vs whole: state {s.output}")
+        errs.cases += 1
+
+
+def verify_graphs(model, paths: dict, specs: dict, variant: str, tol: float = DEFAULT_TOL, seed: int = 0,
+                  engine: str = "auto") -> dict:
+    """Checks the graph files `paths` (role -> path) with manifest entries `specs` (role -> GraphSpec)
+    against `model` (eval mode, float32). Returns the figures for the manifest metadata:
+    {"engine", "tolerance", "max_abs_error", "max_chunked_vs_whole", "cases"}.
+    Raises VerificationError on a mismatch, BuildError when no engine can run the graphs."""
+    runs, engine_name = make_runners({r: Path(p) for r, p in paths.items()}, variant, engine)
+    errs = _Errors(tol)
+    rng = np.random.default_rng(seed)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if model.model_type == "seq2seq":
+                _verify_seq2seq(model, specs, runs, errs, rng)
+            else:
+                role = "lm" if model.model_type == "language_model" else "classifier"
+                _verify_stack(model, specs[role], runs[role], errs, rng, per_step=role == "lm")
+    finally:
+        model.train(was_training)
+    return {"engine": engine_name, "tolerance": tol, "max_abs_error": errs.vs_torch,
+            "max_chunked_vs_whole": errs.chunked, "cases": errs.cases}
