@@ -1,0 +1,103 @@
+"""`qrnn-deploy export CHECKPOINT -o OUT_DIR` (a checkpoint -> a bundle) and `qrnn-deploy info BUNDLE`."""
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from qrnn_deploy.cli.app import app
+
+
+def _shape(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@app.command()
+def export(checkpoint: str = typer.Argument(..., help="A checkpoint written by qrnn_deploy.nn.save_checkpoint."),
+           out: str = typer.Option(..., "--out", "-o", help="The bundle directory to write."),
+           fo_pool: str = typer.Option("custom", "--fo-pool",
+                                       help="custom: one qrnn::FoPool node per layer (needs the custom-op "
+                                            "library at run time); portable: standard ONNX operators only."),
+           opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default 17)."),
+           verify: bool = typer.Option(True, "--verify/--no-verify",
+                                       help="Compare onnxruntime with the PyTorch model before writing the manifest.")):
+    """Export a checkpoint as a bundle: manifest.json plus one streaming ONNX graph per role."""
+    from qrnn_deploy.errors import ExportError
+    from qrnn_deploy.export import export_bundle
+    from qrnn_deploy.nn import load_checkpoint
+
+    if fo_pool not in ("custom", "portable"):
+        raise ExportError(f"--fo-pool must be 'custom' or 'portable', got {fo_pool!r}")
+    model = load_checkpoint(checkpoint)
+    manifest = export_bundle(model, out, fo_pool=fo_pool, opset=opset, verify=verify)
+    out_dir = Path(out)
+    typer.echo(f"wrote {out_dir}/ ({manifest.model_type}, fo_pool={manifest.fo_pool}, opset {manifest.opset})")
+    for role, g in manifest.graphs.items():
+        typer.echo(f"  {g.file:<14} {_size((out_dir / g.file).stat().st_size):>10}  graph {role!r}, "
+                   f"{len(g.states)} states")
+    typer.echo(f"  manifest.json")
+    v = manifest.metadata.get("verification")
+    if v:
+        typer.echo(f"verified on {v['engine']}: {v['cases']} cases, max |onnx - torch| = {v['max_abs_error']:.2e}, "
+                   f"max |chunked - whole| = {v['max_chunked_vs_whole']:.2e} (tolerance {v['tolerance']:g})")
+    else:
+        typer.echo("not verified (--no-verify)")
+
+
+@app.command()
+def info(bundle: str = typer.Argument(..., help="A bundle directory.")):
+    """Print a bundle's manifest: model, FoPool variant, graphs with their inputs, outputs and states."""
+    from qrnn_deploy.bundle import load_manifest
+
+    m = load_manifest(bundle, check_files=False)
+    root = Path(bundle)
+    echo = typer.echo
+    echo(f"bundle      {root}  ({m.format} v{m.format_version})")
+    echo(f"model       {m.model_type}")
+    if m.fo_pool == "custom":
+        op = m.custom_op or {}
+        echo(f"fo_pool     custom op {op.get('domain')}::{op.get('op_type')} v{op.get('version')} "
+             f"(needs the FoPool custom-op library)")
+    else:
+        echo("fo_pool     portable (standard ONNX operators)")
+    echo(f"opset       {m.opset}")
+    echo("config      " + ", ".join(f"{k}={v}" for k, v in m.config.items()))
+    if m.vocab:
+        vocabs = m.vocab if "src" in m.vocab else {"": m.vocab}
+        for side, v in vocabs.items():
+            echo(f"vocab{('.' + side) if side else '':<7}{v.get('type')}, {len(v.get('symbols', []))} symbols")
+    else:
+        echo("vocab       none (token ids only)")
+    if m.special_tokens:
+        echo("special     " + ", ".join(f"{k}={v}" for k, v in m.special_tokens.items()))
+    for role, g in m.graphs.items():
+        path = root / g.file
+        size = _size(path.stat().st_size) if path.is_file() else "MISSING"
+        echo(f"graph {role!r}: {g.file} ({size})")
+        for t in g.inputs:
+            echo(f"  in     {t.name:<18} {_shape(t.shape):<18} {t.dtype}")
+        for t in g.outputs:
+            echo(f"  out    {t.name:<18} {_shape(t.shape):<18} {t.dtype}")
+        for s in g.states:
+            echo(f"  state  {s.name:<18} {_shape(s.shape):<18} {s.dtype}  -> {s.output}")
+    for role, e in m.engines.items():
+        echo(f"engine {role!r}: {e.file} ({e.precision}, plugin {e.plugin})")
+    meta = dict(m.metadata)
+    v = meta.pop("verification", None)
+    if v:
+        echo(f"verified    on {v.get('engine')}: {v.get('cases')} cases, max |onnx - torch| = "
+             f"{v.get('max_abs_error', float('nan')):.2e}, max |chunked - whole| = "
+             f"{v.get('max_chunked_vs_whole', float('nan')):.2e}")
+    else:
+        echo("verified    no")
+    meta.pop("sizes", None)
+    for k, val in meta.items():
+        echo(f"{k:<12}{val}")
