@@ -1,0 +1,368 @@
+// The FoPool CPU kernel (DESIGN.md section 2), written once and shared by every native plugin:
+// the onnxruntime custom-op library (plugins/ort), the plain C ABI library used by PyTorch
+// (plugins/kernels) and any later plugin. Header-only C++17; no onnxruntime, no PyTorch.
+//
+//   gates [T, B, P*H] (batch_first: [B, T, P*H]), PRE-activation, packed [Z | F | O | I]
+//   c_t = f_t * c_{t-1} + (1 - f_t) * z_t   ('f', 'fo')      c_t = f_t * c_{t-1} + i_t * z_t  ('ifo')
+//   h_t = o_t * c_t ('fo', 'ifo')           h_t = c_t ('f')
+//
+// Work split: one "item" is one batch row b and one chunk of up to kChunk hidden units. Items are
+// independent (the recurrence is elementwise in (b, h)), so callers hand ranges of items to
+// threads; each item walks time sequentially, keeping its running cell state in a small buffer
+// that stays in L1. The inner loop runs over the contiguous hidden units of one (t, b) row and is
+// written branch-free (own exp / tanh / sigmoid, own fp16 conversions) so that the compiler
+// vectorizes it: with GCC 12 -O3 every `for (j ...)` loop below is reported as "loop vectorized
+// using 32 byte vectors" in the x86-64-v3 clone and "16 byte vectors" in the baseline clone
+// (checked with -fopt-info-vec-optimized; see DEVELOPERS.md "Native plugins").
+//
+// Arithmetic is float32 for every storage type (fp16 storage, fp32 arithmetic).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+// QRNN_IVDEP: the rows one loop touches never overlap (distinct gate blocks / time rows), but
+// GCC cannot prove it from local pointers and gives up after its alias-check budget.
+#if defined(__clang__)
+#define QRNN_INLINE inline __attribute__((always_inline))
+#define QRNN_RESTRICT __restrict__
+#define QRNN_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#elif defined(__GNUC__)
+#define QRNN_INLINE inline __attribute__((always_inline))
+#define QRNN_RESTRICT __restrict__
+#define QRNN_IVDEP _Pragma("GCC ivdep")
+#else
+#define QRNN_INLINE inline
+#define QRNN_RESTRICT
+#define QRNN_IVDEP
+#endif
+
+namespace qrnn {
+namespace fopool {
+
+// Hidden units per work item: 4 rows of 256 floats per time step fit L1 comfortably, and
+// 1 KiB contiguous runs keep the hardware prefetchers streaming.
+constexpr int64_t kChunk = 256;
+
+// ---------------------------------------------------------------------------------------------
+// Problem description and validation (shared by every plugin so messages read the same).
+
+struct Dims {
+  int64_t T = 0, B = 0, H = 0;
+  int P = 3;               // gate blocks: 2 'f', 3 'fo', 4 'ifo'
+  bool batch_first = false;
+  bool reverse = false;
+
+  int64_t items() const { return B * ((H + kChunk - 1) / kChunk); }
+  // Offset (in elements) of row (t, b) of a [T, B, W] / [B, T, W] tensor, W = width.
+  int64_t row(int64_t t, int64_t b, int64_t width) const {
+    return (batch_first ? (b * T + t) : (t * B + b)) * width;
+  }
+};
+
+// "f" -> 2, "fo" -> 3, "ifo" -> 4; 0 for anything else.
+inline int gate_count(const std::string& pooling) {
+  if (pooling == "f") return 2;
+  if (pooling == "fo") return 3;
+  if (pooling == "ifo") return 4;
+  return 0;
+}
+
+inline std::string shape_str(const int64_t* shape, size_t rank) {
+  std::string s = "[";
+  for (size_t i = 0; i < rank; ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// Checks gates (and c0 when has_c0) against the contract; fills dims (P, batch_first, reverse
+// must be set by the caller). Returns "" when valid, else a message naming the input and shapes.
+inline std::string check_shapes(const int64_t* gates_shape, size_t gates_rank, bool has_c0,
+                                const int64_t* c0_shape, size_t c0_rank, Dims* d) {
+  const char* layout = d->batch_first ? "[B, T, P*H]" : "[T, B, P*H]";
+  if (gates_rank != 3) {
+    return std::string("FoPool: input 'gates' must have rank 3 ") + layout + ", got shape " +
+           shape_str(gates_shape, gates_rank);
+  }
+  for (size_t i = 0; i < 3; ++i) {
+    if (gates_shape[i] < 0) return "FoPool: input 'gates' has a negative dimension: " + shape_str(gates_shape, 3);
+  }
+  const int64_t last = gates_shape[2];
+  if (last % d->P != 0 || last == 0) {
+    static const char* names[] = {"", "", "f", "fo", "ifo"};
+    return "FoPool: last axis of input 'gates' (" + std::to_string(last) + ", shape " +
+           shape_str(gates_shape, 3) + ") is not P*H with P = " + std::to_string(d->P) +
+           " for pooling '" + names[d->P] + "' and H >= 1";
+  }
+  d->T = d->batch_first ? gates_shape[1] : gates_shape[0];
+  d->B = d->batch_first ? gates_shape[0] : gates_shape[1];
+  d->H = last / d->P;
+  if (has_c0) {
+    if (c0_rank != 2 || c0_shape[0] != d->B || c0_shape[1] != d->H) {
+      return "FoPool: input 'c0' must be [B, H] = [" + std::to_string(d->B) + ", " + std::to_string(d->H) +
+             "] for gates of shape " + shape_str(gates_shape, 3) + ", got shape " + shape_str(c0_shape, c0_rank);
+    }
+  }
+  return "";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Branch-free float math. std::exp / std::tanh are calls into libm that GCC does not vectorize
+// without -ffast-math; these are plain arithmetic plus bit moves, accurate to a few ulp.
+
+QRNN_INLINE float bits_to_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+QRNN_INLINE uint32_t float_to_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+
+// e^x: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-6 Taylor-like polynomial, 2^n from bits.
+QRNN_INLINE float exp_f(float x) {
+  x = x < -87.3f ? -87.3f : x;   // keeps 2^n a normal float; exp(-87.3) ~ 1e-38, far below fp32 eps
+  x = x > 88.3f ? 88.3f : x;
+  const float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer (no -ffast-math)
+  float n = (x * 1.44269504088896341f + kRound) - kRound;
+  float r = x - n * 0.693359375f;     // ln2 split in a short high part (exact product) ...
+  r = r - n * -2.12194440e-4f;        // ... and the remainder
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r * r + r + 1.0f;
+  int32_t e = static_cast<int32_t>(n) + 127;
+  return p * bits_to_float(static_cast<uint32_t>(e) << 23);
+}
+
+QRNN_INLINE float sigmoid_f(float x) { return 1.0f / (1.0f + exp_f(-x)); }
+
+// tanh: an odd minimax polynomial near 0 (where 1 - 2/(e^{2x}+1) would cancel; coefficients of
+// the classic Cephes single-precision fit for |x| < 0.625), the exp form elsewhere.
+QRNN_INLINE float tanh_f(float x) {
+  float ax = x < 0.0f ? -x : x;
+  float big = 1.0f - 2.0f / (exp_f(2.0f * ax) + 1.0f);
+  float x2 = x * x;
+  float q = -5.70498872745e-3f;
+  q = q * x2 + 2.06390887954e-2f;
+  q = q * x2 - 5.37397155531e-2f;
+  q = q * x2 + 1.33314422036e-1f;
+  q = q * x2 - 3.33332819422e-1f;
+  float small = x + x * x2 * q;
+  float signed_big = x < 0.0f ? -big : big;
+  return ax < 0.625f ? small : signed_big;
+}
+
+// IEEE binary16 <-> float32, branch-free (selects only). Round to nearest even on the way down.
+QRNN_INLINE float half_to_float(uint16_t h) {
+  uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  uint32_t em = h & 0x7fffu;
+  // Normal and subnormal halves: shift into a float's mantissa position and rescale by 2^112.
+  float mag = bits_to_float(em << 13) * 5.192296858534828e+33f;
+  uint32_t bits = float_to_bits(mag);
+  bits = em >= 0x7c00u ? ((em << 13) | 0x7f800000u) : bits;  // inf / nan
+  return bits_to_float(bits | sign);
+}
+
+QRNN_INLINE uint16_t float_to_half(float x) {
+  uint32_t f = float_to_bits(x);
+  uint32_t sign = f & 0x80000000u;
+  f ^= sign;
+  // Subnormal (or zero) halves: let the float adder round the value into the low bits.
+  uint32_t sub = float_to_bits(bits_to_float(f) + 0.5f) - 0x3f000000u;
+  // Normal halves: rebias the exponent, round half to even on the 13 dropped bits.
+  uint32_t odd = (f >> 13) & 1u;
+  uint32_t norm = (f + 0xc8000fffu + odd) >> 13;  // 0xc8000000 = (15 - 127) << 23 (mod 2^32)
+  uint32_t o = f < 0x38800000u ? sub : norm;
+  o = f >= 0x47800000u ? 0x7c00u : o;            // overflow -> inf
+  o = f > 0x7f800000u ? 0x7e00u : o;             // nan
+  return static_cast<uint16_t>(o | (sign >> 16));
+}
+
+// Storage types: float, or uint16_t holding IEEE binary16 bits.
+QRNN_INLINE float load(float v) { return v; }
+QRNN_INLINE float load(uint16_t v) { return half_to_float(v); }
+QRNN_INLINE void store(float* p, float v) { *p = v; }
+QRNN_INLINE void store(uint16_t* p, float v) { *p = float_to_half(v); }
+
+// ---------------------------------------------------------------------------------------------
+// Forward: items [begin, end). c0 may be null (zeros); c_last may be null (not requested).
+
+template <typename T>
+struct ForwardArgs {
+  const T* gates;
+  const T* c0;
+  T* h;
+  T* c_last;
+  Dims d;
+};
+
+template <int P, typename T>
+QRNN_INLINE void forward_item(const ForwardArgs<T>& a, int64_t item) {
+  const Dims& d = a.d;
+  const int64_t chunks = (d.H + kChunk - 1) / kChunk;
+  const int64_t b = item / chunks;
+  const int64_t h0 = (item % chunks) * kChunk;
+  const int64_t n = (d.H - h0) < kChunk ? (d.H - h0) : kChunk;
+  const int64_t H = d.H;
+  alignas(64) float c[kChunk];
+  if (a.c0) {
+    for (int64_t j = 0; j < n; ++j) c[j] = load(a.c0[b * H + h0 + j]);
+  } else {
+    for (int64_t j = 0; j < n; ++j) c[j] = 0.0f;
+  }
+  for (int64_t s = 0; s < d.T; ++s) {
+    const int64_t t = d.reverse ? d.T - 1 - s : s;
+    const T* QRNN_RESTRICT g = a.gates + d.row(t, b, P * H) + h0;
+    T* QRNN_RESTRICT out = a.h + d.row(t, b, H) + h0;
+    if (s + 1 < d.T) {
+      // The next time step's rows sit a whole [B, P*H] plane away: start fetching them now.
+      const int64_t tn = d.reverse ? t - 1 : t + 1;
+      const char* gn = reinterpret_cast<const char*>(a.gates + d.row(tn, b, P * H) + h0);
+      for (int64_t k = 0; k < P; ++k)
+        for (int64_t byte = 0; byte < n * static_cast<int64_t>(sizeof(T)); byte += 64)
+          __builtin_prefetch(gn + k * H * static_cast<int64_t>(sizeof(T)) + byte);
+    }
+    QRNN_IVDEP
+    for (int64_t j = 0; j < n; ++j) {
+      float z = tanh_f(load(g[j]));
+      float f = sigmoid_f(load(g[H + j]));
+      float cj;
+      if (P == 4) {
+        cj = f * c[j] + sigmoid_f(load(g[3 * H + j])) * z;
+      } else {
+        cj = f * c[j] + (1.0f - f) * z;
+      }
+      c[j] = cj;
+      float hj = P >= 3 ? sigmoid_f(load(g[2 * H + j])) * cj : cj;
+      store(out + j, hj);
+    }
+  }
+  if (a.c_last) {
+    for (int64_t j = 0; j < n; ++j) store(a.c_last + b * H + h0 + j, c[j]);
+  }
+}
+
+template <typename T>
+QRNN_INLINE void forward_items(const ForwardArgs<T>& a, int64_t begin, int64_t end) {
+  for (int64_t it = begin; it < end; ++it) {
+    switch (a.d.P) {
+      case 2: forward_item<2>(a, it); break;
+      case 3: forward_item<3>(a, it); break;
+      default: forward_item<4>(a, it); break;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward (float32): gradients of (h, c_last) w.r.t. (gates, c0). Same semantics as
+// qrnn_deploy/nn/fo_pool.py `_fo_pool_backward_impl`: recompute the forward cell states, then
+// walk time backwards. The recomputed c_t are parked in the F block of grad_gates (its own
+// memory, written before it is needed for the F gradient of the same step), so no scratch.
+
+struct BackwardArgs {
+  const float* grad_h;       // layout of h
+  const float* grad_c_last;  // [B, H]
+  const float* gates;
+  const float* c0;           // may be null
+  float* grad_gates;         // layout of gates
+  float* grad_c0;            // [B, H]; may be null
+  Dims d;
+};
+
+template <int P>
+QRNN_INLINE void backward_item(const BackwardArgs& a, int64_t item) {
+  const Dims& d = a.d;
+  const int64_t chunks = (d.H + kChunk - 1) / kChunk;
+  const int64_t b = item / chunks;
+  const int64_t h0 = (item % chunks) * kChunk;
+  const int64_t n = (d.H - h0) < kChunk ? (d.H - h0) : kChunk;
+  const int64_t H = d.H, W = P * d.H;
+  alignas(64) float buf[kChunk];   // forward: running c; backward: carry = f_{s+1} * dc_{s+1}
+  alignas(64) float zero[kChunk];
+  for (int64_t j = 0; j < n; ++j) zero[j] = 0.0f;
+  const float* c_init = a.c0 ? a.c0 + b * H + h0 : zero;
+  for (int64_t j = 0; j < n; ++j) buf[j] = c_init[j];
+  auto time_of = [&](int64_t s) { return d.reverse ? d.T - 1 - s : s; };
+
+  for (int64_t s = 0; s < d.T; ++s) {
+    const int64_t t = time_of(s);
+    const float* QRNN_RESTRICT g = a.gates + d.row(t, b, W) + h0;
+    float* QRNN_RESTRICT cs = a.grad_gates + d.row(t, b, W) + H + h0;
+    QRNN_IVDEP
+    for (int64_t j = 0; j < n; ++j) {
+      float z = tanh_f(g[j]);
+      float f = sigmoid_f(g[H + j]);
+      float in = P == 4 ? sigmoid_f(g[3 * H + j]) * z : (1.0f - f) * z;
+      float cj = f * buf[j] + in;
+      buf[j] = cj;
+      cs[j] = cj;
+    }
+  }
+
+  for (int64_t j = 0; j < n; ++j) buf[j] = a.grad_c_last[b * H + h0 + j];
+  for (int64_t s = d.T - 1; s >= 0; --s) {
+    const int64_t t = time_of(s);
+    const float* QRNN_RESTRICT g = a.gates + d.row(t, b, W) + h0;
+    const float* QRNN_RESTRICT gh = a.grad_h + d.row(t, b, H) + h0;
+    float* dg = a.grad_gates + d.row(t, b, W) + h0;
+    // One restrict pointer per gate block: with a single base pointer GCC sees reads of
+    // dg[H + j] and writes of dg[2H + j] at a symbolic distance and refuses to vectorize.
+    float* QRNN_RESTRICT dgz = dg;
+    float* QRNN_RESTRICT dgf = dg + H;
+    float* QRNN_RESTRICT dgo = dg + 2 * H;
+    float* QRNN_RESTRICT dgi = dg + 3 * H;
+    const float* QRNN_RESTRICT cprev = s > 0 ? a.grad_gates + d.row(time_of(s - 1), b, W) + H + h0 : c_init;
+    QRNN_IVDEP
+    for (int64_t j = 0; j < n; ++j) {
+      float z = tanh_f(g[j]);
+      float f = sigmoid_f(g[H + j]);
+      float c = dgf[j];
+      float cp = cprev[j];
+      float ghj = gh[j];
+      float dc;
+      if (P >= 3) {
+        float o = sigmoid_f(g[2 * H + j]);
+        dc = ghj * o + buf[j];
+        dgo[j] = ghj * c * o * (1.0f - o);
+      } else {
+        dc = ghj + buf[j];
+      }
+      float dz, df;
+      if (P == 4) {
+        float i = sigmoid_f(g[3 * H + j]);
+        dz = dc * i;
+        df = dc * cp;
+        dgi[j] = dc * z * i * (1.0f - i);
+      } else {
+        dz = dc * (1.0f - f);
+        df = dc * (cp - z);
+      }
+      dgz[j] = dz * (1.0f - z * z);
+      dgf[j] = df * f * (1.0f - f);
+      buf[j] = f * dc;
+    }
+  }
+  if (a.grad_c0) {
+    for (int64_t j = 0; j < n; ++j) a.grad_c0[b * H + h0 + j] = buf[j];
+  }
+}
+
+QRNN_INLINE void backward_items(const BackwardArgs& a, int64_t begin, int64_t end) {
+  for (int64_t it = begin; it < end; ++it) {
+    switch (a.d.P) {
+      case 2: backward_item<2>(a, it); break;
+      case 3: backward_item<3>(a, it); break;
+      default: backward_item<4>(a, it); break;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points compiled once (plugins/common/fo_pool_cpu.cc) with a baseline x86-64 clone and an
+// AVX2/FMA clone chosen at load time, so one binary is both portable and fast.
+
+void forward_range_f32(const ForwardArgs<float>& a, int64_t begin, int64_t end);
+void forward_range_f16(const ForwardArgs<uint16_t>& a, int64_t begin, int64_t end);
+void backward_range_f32(const BackwardArgs& a, int64_t begin, int64_t end);
+
+}  // namespace fopool
+}  // namespace qrnn
