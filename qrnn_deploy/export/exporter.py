@@ -76,10 +76,10 @@ def resolve_vocab(model, vocab=None) -> Optional[dict]:
 
 
 def _prepare_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"cannot write the bundle: {out_dir} exists and is not a directory")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ExportError(f"cannot write the bundle: {out_dir} exists and is not a directory") from None
     except OSError as e:
         raise ExportError(f"cannot create the bundle directory {out_dir}: {e.strerror}") from None
     if not os.access(out_dir, os.W_OK | os.X_OK):
