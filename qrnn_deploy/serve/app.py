@@ -1,0 +1,223 @@
+"""The ASGI application: routes, access control, HTTP translation (JSON or server-sent events).
+
+    app = create_app(load_bundle("bundle/").translator(), ServeConfig(max_streams=64))
+    uvicorn.run(app)          # or qrnn_deploy.serve.server.run_server(...), which also drains
+
+Routes: GET / (the live page), WS /v1/stream, POST /v1/translate, GET /healthz, GET /metrics,
+GET /v1/status, GET /openapi.json. Every route but /healthz needs the API key when one is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Optional
+
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+
+from qrnn_deploy.errors import QRNNError
+from qrnn_deploy.serve.config import ServeConfig
+from qrnn_deploy.serve.engine import Engine, EngineStopped, TranslationModel
+from qrnn_deploy.serve.metrics import ServerMetrics
+from qrnn_deploy.serve.openapi import openapi_spec
+from qrnn_deploy.serve.protocol import ProtocolError, decode_options
+from qrnn_deploy.serve.state import ServerState
+from qrnn_deploy.serve.ws import done_payload, stream_endpoint
+
+STATIC = Path(__file__).parent / "static"
+
+
+def _error(status: int, code: str, message: str, headers: Optional[dict] = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def _guard(endpoint):
+    """Wraps an HTTP endpoint with the API-key check (401 with a hint on failure)."""
+
+    async def guarded(request: Request):
+        st: ServerState = request.app.state.serve
+        if not st.authorized(request.headers, request.query_params):
+            st.metrics.errors.inc(kind="unauthorized")
+            return _error(401, "unauthorized", "missing or wrong API key (Authorization: Bearer KEY, "
+                                               "X-API-Key: KEY, or ?api_key=KEY)",
+                          headers={"WWW-Authenticate": "Bearer"})
+        return await endpoint(request)
+
+    guarded.__name__ = endpoint.__name__
+    guarded.__doc__ = endpoint.__doc__
+    return guarded
+
+
+async def healthz(request: Request) -> Response:
+    st: ServerState = request.app.state.serve
+    ok = st.engine.running and not st.draining
+    return JSONResponse({"status": "ok" if ok else ("draining" if st.draining else "stopped"),
+                         "streams_open": st.streams_open}, status_code=200 if ok else 503)
+
+
+async def prometheus(request: Request) -> Response:
+    return PlainTextResponse(request.app.state.serve.metrics.exposition(),
+                             media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def status(request: Request) -> Response:
+    return JSONResponse(request.app.state.serve.status())
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_spec(request.app.state.serve.cfg))
+
+
+async def index(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ProtocolError("too_large", f"request body of {declared} bytes is over the limit of {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ProtocolError("too_large", f"request body is over the limit of {limit} bytes")
+    return bytes(body)
+
+
+def _parse_translate(body: bytes, cfg: ServeConfig) -> tuple:
+    try:
+        d = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ProtocolError("bad_utf8", f"request body is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ProtocolError("bad_json", f'malformed JSON ({e}); send {{"text": "..."}}') from None
+    if not isinstance(d, dict) or not isinstance(d.get("text"), str):
+        raise ProtocolError("bad_message", 'the body must be a JSON object with a string "text"')
+    text = d["text"]
+    if not text:
+        raise ProtocolError("empty_source", '"text" is empty: nothing to translate')
+    if len(text) > cfg.max_source_chars:
+        raise ProtocolError("source_too_long", f'"text" has {len(text)} characters, over the limit of '
+                                               f"{cfg.max_source_chars}; send a shorter sentence")
+    stream = d.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ProtocolError("bad_option", f'"stream" must be true or false, got {stream!r}')
+    return (text, stream) + decode_options(d, cfg)
+
+
+_STATUS = {"too_large": 413}
+
+
+async def translate(request: Request) -> Response:
+    """POST /v1/translate {"text", "beam"?, "max_len"?, "length_penalty"?, "stream"?}."""
+    st: ServerState = request.app.state.serve
+    try:
+        text, stream, beam, max_len, lp = _parse_translate(await _read_body(request, st.cfg.max_message_bytes),
+                                                           st.cfg)
+    except ProtocolError as e:
+        st.metrics.errors.inc(kind=e.code)
+        return _error(_STATUS.get(e.code, 400), e.code, e.message)
+    except ClientDisconnect:
+        return Response(status_code=400)
+    slot = st.open_stream()
+    if slot is None:
+        code, message = st.refusal()
+        st.metrics.errors.inc(kind=code)
+        return _error(503, code, message, headers={"Retry-After": "1"})
+    try:
+        job = st.open_job()
+    except EngineStopped as e:
+        slot.release()
+        return _error(503, "draining", str(e), headers={"Retry-After": "1"})
+
+    def finish():
+        job.close()
+        slot.release()
+
+    async def start():
+        await job.feed(text)
+        job.end(beam, max_len, lp)
+
+    if not stream:
+        try:
+            await start()
+            tokens = []
+            async for ev in job.results():
+                if ev["type"] == "token":
+                    tokens.append(ev["text"])
+                elif ev["type"] == "done":
+                    out = done_payload(job, ev, beam)
+                    out.pop("type")
+                    out["ids"], out["pieces"] = ev["ids"], tokens
+                    return JSONResponse(out)
+                else:
+                    st.metrics.errors.inc(kind="translate_failed")
+                    return _error(500, "translate_failed", ev["message"])
+        except QRNNError as e:
+            st.metrics.errors.inc(kind="translate_failed")
+            return _error(400, "translate_failed", str(e))
+        finally:
+            finish()
+
+    async def events():
+        try:
+            await start()
+            index = 0
+            async for ev in job.results():
+                if ev["type"] == "token":
+                    payload = {"text": ev["text"], "id": ev["id"], "index": index,
+                               "ms": round((ev["t"] - job.t_end) * 1000, 3)}
+                    index += 1
+                elif ev["type"] == "done":
+                    payload = done_payload(job, ev, beam)
+                    payload.pop("type")
+                else:
+                    st.metrics.errors.inc(kind="translate_failed")
+                    payload = {"code": "translate_failed", "message": ev["message"]}
+                yield f"event: {ev['type']}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n"
+        except QRNNError as e:
+            st.metrics.errors.inc(kind="translate_failed")
+            yield f"event: error\ndata: {json.dumps({'code': 'translate_failed', 'message': str(e)})}\n\n"
+        finally:
+            finish()
+
+    # The background task frees the slot even if the client left before the body started.
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                             background=BackgroundTask(finish))
+
+
+def create_app(model: TranslationModel, cfg: Optional[ServeConfig] = None, info: Optional[dict] = None,
+               metrics: Optional[ServerMetrics] = None) -> Starlette:
+    """The server for `model` (a `qrnn_deploy.runtime.Translator`, or anything with its
+    stream() / decode_batch() / token_text()). The engine thread starts with the app's lifespan."""
+    cfg = (cfg or ServeConfig()).validate()
+    metrics = metrics or ServerMetrics()
+    engine = Engine(model, metrics, batch_wait_ms=cfg.batch_wait_ms, max_batch_rows=cfg.max_batch_rows)
+    state = ServerState(engine, cfg, metrics, info)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        engine.start()
+        try:
+            yield
+        finally:
+            engine.stop()
+
+    routes = [
+        Route("/", _guard(index), methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", _guard(prometheus), methods=["GET"]),
+        Route("/v1/status", _guard(status), methods=["GET"]),
+        Route("/openapi.json", _guard(openapi), methods=["GET"]),
+        Route("/v1/translate", _guard(translate), methods=["POST"]),
+        WebSocketRoute("/v1/stream", stream_endpoint),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.serve = state
+    return app

@@ -1,0 +1,68 @@
+"""Settings of the translation server: decoding defaults, limits, batching, access."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+from qrnn_deploy.errors import ConfigError
+
+
+@dataclass
+class ServeConfig:
+    """What `qrnn-deploy serve` takes besides the bundle. Every limit is enforced per request.
+
+    beam / max_len / length_penalty: decoding defaults; a request may ask for a smaller max_len
+      and any beam up to `max_beam`.
+    max_streams: WebSocket connections plus HTTP translations open at once; one more is refused
+      (WebSocket close 1013, HTTP 503).
+    max_message_bytes: largest client message (WebSocket frame or HTTP body) the server reads.
+    max_source_chars: longest source of one translation.
+    idle_timeout: seconds a WebSocket may stay silent while nothing is being decoded for it.
+    batch_wait_ms: how long the engine waits for more translations to start before their first
+      step when it was idle (0: never waits); steps of translations already decoding are gathered
+      without waiting.
+    max_batch_rows: most rows (hypotheses) in one decoder call; more are split into several calls.
+    drain_timeout: seconds SIGTERM waits for open streams to finish before the server stops.
+    api_key: when set, every endpoint but /healthz needs it.
+    """
+
+    beam: int = 1
+    max_beam: int = 8
+    max_len: int = 200
+    length_penalty: float = 1.0
+    max_streams: int = 256
+    max_message_bytes: int = 65536
+    max_source_chars: int = 2000
+    idle_timeout: float = 60.0
+    batch_wait_ms: float = 1.0
+    max_batch_rows: int = 512
+    drain_timeout: float = 30.0
+    api_key: Optional[str] = None
+
+    def validate(self) -> "ServeConfig":
+        checks = [
+            (self.beam >= 1, f"beam must be >= 1, got {self.beam}"),
+            (self.max_beam >= self.beam, f"max_beam ({self.max_beam}) must be >= beam ({self.beam})"),
+            (self.max_len >= 1, f"max_len must be >= 1, got {self.max_len}"),
+            (self.max_streams >= 1, f"max_streams must be >= 1, got {self.max_streams}"),
+            (self.max_message_bytes >= 64, f"max_message_bytes must be >= 64, got {self.max_message_bytes}"),
+            (self.max_source_chars >= 1, f"max_source_chars must be >= 1, got {self.max_source_chars}"),
+            (self.idle_timeout > 0, f"idle_timeout must be > 0 seconds, got {self.idle_timeout}"),
+            (0 <= self.batch_wait_ms <= 100, f"batch_wait_ms must be in [0, 100], got {self.batch_wait_ms}"),
+            (self.max_batch_rows >= self.max_beam,
+             f"max_batch_rows ({self.max_batch_rows}) must be >= max_beam ({self.max_beam})"),
+            (self.drain_timeout >= 0, f"drain_timeout must be >= 0, got {self.drain_timeout}"),
+            (self.api_key is None or len(self.api_key) > 0, "api_key must not be empty"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(f"serve: {msg}")
+        return self
+
+    def public(self) -> dict:
+        """The settings a client may see (everything but the key)."""
+        d = asdict(self)
+        d.pop("api_key")
+        d["auth"] = self.api_key is not None
+        return d

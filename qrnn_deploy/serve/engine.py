@@ -1,0 +1,383 @@
+"""The engine: one worker thread owns every translation's model state and batches decoder steps.
+
+The event loop never runs the model. Its coroutines post commands (feed a source piece, end the
+source, close) to the worker and read results from per-translation queues. Each worker iteration
+
+1. applies the commands that arrived (source pieces are encoded at once, in arrival order),
+2. runs ONE decoder step for every translation being decoded: all their rows go into one
+   runtime call (`decode_batch().step(decoders)`; split only above `max_batch_rows`),
+3. hands the tokens that became final back to the loop in one `call_soon_threadsafe`.
+
+Translations join and leave the batch between any two steps (continuous batching), so a stream
+never waits for another to finish. When the worker was idle and a translation's source ends, it
+waits up to `batch_wait_ms` for others to end too, so streams that end together start together.
+Batched and lone decoding give the same tokens: the runtime pads memories with memory_mask = 0.
+
+The model is anything with the three methods of `qrnn_deploy.runtime.Translator` used here
+(`stream()`, `decode_batch()`, `token_text(id)`), so tests can plug in a scripted one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from typing import Any, Optional, Protocol
+
+from qrnn_deploy.errors import QRNNError, StreamError
+from qrnn_deploy.serve.metrics import ServerMetrics
+
+log = logging.getLogger("qrnn_deploy.serve")
+
+
+class TranslationModel(Protocol):
+    """What the engine needs; `qrnn_deploy.runtime.Translator` has it."""
+
+    def stream(self) -> Any:
+        """A source stream: feed(text) -> source length, decoder(beam, max_len, length_penalty), close()."""
+
+    def decode_batch(self) -> Any:
+        """An object whose step(decoders) -> [new final token ids per decoder] makes one model call."""
+
+    def token_text(self, tok: int) -> str:
+        """The text of one target token."""
+
+
+class EngineStopped(QRNNError):
+    """The engine is stopped (the server is shutting down)."""
+
+
+class Job:
+    """One translation (one source sentence). Created on the event loop by `Engine.open()`.
+
+    Events arrive on `events` (an asyncio.Queue) as dicts: {"type": "token", "id", "text"},
+    then {"type": "done", "ids", "text", "steps"} or {"type": "error", "message"}.
+    """
+
+    def __init__(self, engine: "Engine", jid: int):
+        self.engine, self.id = engine, jid
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.closed = False
+        self.ended = False
+        self.finished = False
+        self.source_chars = 0
+        self.encode_seconds = 0.0  # summed on the worker
+        self.t_end: Optional[float] = None  # perf_counter when the source ended (loop side)
+        self.t_first: Optional[float] = None
+        self.n_tokens = 0
+        # Worker-owned model state.
+        self._source = None
+        self._decoder = None
+
+    async def feed(self, text: str) -> int:
+        """Encodes one source piece (on the worker); returns the source length so far."""
+        return await self.engine.feed(self, text)
+
+    def end(self, beam: int = 1, max_len: int = 200, length_penalty: float = 1.0) -> None:
+        self.engine.end(self, beam, max_len, length_penalty)
+
+    def close(self) -> None:
+        self.engine.close(self)
+
+    async def results(self):
+        """Yields this job's events until (and including) its done or error event."""
+        while True:
+            ev = await self.events.get()
+            yield ev
+            if ev["type"] in ("done", "error"):
+                return
+
+
+class Engine:
+    """Runs translations of `model` on one worker thread with batched decoder steps.
+
+    Use from one asyncio event loop: `start()` (inside the loop), `open()` -> Job, `stop()`.
+    """
+
+    def __init__(self, model: TranslationModel, metrics: Optional[ServerMetrics] = None,
+                 batch_wait_ms: float = 1.0, max_batch_rows: int = 512):
+        self.model = model
+        self.metrics = metrics or ServerMetrics()
+        self.batch_wait = batch_wait_ms / 1000.0
+        self.max_batch_rows = max_batch_rows
+        self._cv = threading.Condition()
+        self._cmds: list = []
+        self._stop = False
+        self._thread: Optional[threading.Thread] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._ids = itertools.count(1)
+        self._active: list = []  # jobs being decoded, in the order they joined (keeps batch caches warm)
+        self._batches: list = []  # one DecodeBatch per chunk of max_batch_rows
+        self.jobs_open = 0  # loop side: jobs opened and not closed
+        self.steps = 0
+
+    # -- lifecycle (event loop) -----------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="qrnn-serve-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stops the worker; translations still in it get an error event."""
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stop
+
+    # -- commands (event loop) ------------------------------------------------------------------
+
+    def open(self) -> Job:
+        if not self.running:
+            raise EngineStopped("the translation engine is not running (server shutting down)")
+        self.jobs_open += 1
+        return Job(self, next(self._ids))
+
+    def _post(self, cmd: tuple) -> None:
+        with self._cv:
+            if self._stop:
+                raise EngineStopped("the translation engine is stopping (server shutting down)")
+            self._cmds.append(cmd)
+            self._cv.notify()
+
+    async def feed(self, job: Job, text: str) -> int:
+        if job.closed or job.ended:
+            raise StreamError("this translation's source has ended; start a new one")
+        fut = self._loop.create_future()
+        job.source_chars += len(text)
+        self._post(("feed", job, text, fut))
+        return await fut
+
+    def end(self, job: Job, beam: int, max_len: int, length_penalty: float) -> None:
+        if job.closed or job.ended:
+            raise StreamError("this translation's source has already ended")
+        job.ended = True
+        job.t_end = time.perf_counter()
+        self._post(("end", job, beam, max_len, length_penalty))
+
+    def close(self, job: Job) -> None:
+        """Frees the job's model state (idempotent); its later events are dropped."""
+        if job.closed:
+            return
+        job.closed = True
+        self.jobs_open -= 1
+        if not job.finished:
+            self.metrics.translations.inc(outcome="cancelled" if job.ended else "abandoned")
+        try:
+            self._post(("close", job))
+        except EngineStopped:
+            pass
+
+    # -- the worker -----------------------------------------------------------------------------
+
+    def _take(self) -> Optional[list]:
+        with self._cv:
+            while not self._cmds and not self._active and not self._stop:
+                self._cv.wait()
+            if self._stop:
+                return None
+            if not self._active and self.batch_wait > 0 and any(c[0] == "end" for c in self._cmds):
+                # Idle until now: let translations that end together start together (bounded wait).
+                deadline = time.monotonic() + self.batch_wait
+                while (left := deadline - time.monotonic()) > 0 and not self._stop:
+                    self._cv.wait(left)
+            cmds, self._cmds = self._cmds, []
+            return cmds
+
+    def _run(self) -> None:
+        try:
+            while True:
+                cmds = self._take()
+                if cmds is None:
+                    break
+                out: list = []
+                for cmd in cmds:
+                    self._apply(cmd, out)
+                if self._active:
+                    self._step(out)
+                if out:
+                    self._emit(out)
+        except BaseException:  # a bug in the worker must not leave clients waiting forever
+            log.exception("translation engine worker crashed")
+        finally:
+            self._shutdown_jobs()
+
+    def _shutdown_jobs(self) -> None:
+        with self._cv:
+            self._stop = True
+            cmds, self._cmds = self._cmds, []
+        out: list = []
+        for cmd in cmds:
+            if cmd[0] == "feed":
+                out.append((cmd[3], EngineStopped("the server is shutting down")))
+            elif cmd[0] == "end":
+                out.append((cmd[1], {"type": "error", "message": "the server is shutting down"}))
+            self._free(cmd[1])
+        for job in self._active:
+            out.append((job, {"type": "error", "message": "the server is shutting down"}))
+            self._free(job)
+        self._active = []
+        if out:
+            self._emit(out)
+
+    def _free(self, job: Job) -> None:
+        if job._source is not None:
+            try:
+                job._source.close()
+            finally:
+                job._source = None
+                self.metrics.sessions.dec()
+        if job._decoder is not None:
+            job._decoder = None
+            self.metrics.decoding.dec()
+
+    def _apply(self, cmd: tuple, out: list) -> None:
+        kind, job = cmd[0], cmd[1]
+        if kind == "close":
+            if job in self._active:
+                self._active.remove(job)
+            self._free(job)
+            return
+        if job.closed:
+            if kind == "feed":
+                out.append((cmd[3], StreamError("the translation was closed")))
+            return
+        if kind == "feed":
+            fut = cmd[3]
+            try:
+                if job._source is None:
+                    job._source = self.model.stream()
+                    self.metrics.sessions.inc()
+                t0 = time.perf_counter()
+                n = job._source.feed(cmd[2])
+                dt = time.perf_counter() - t0
+                job.encode_seconds += dt
+                self.metrics.encode_seconds.observe(dt)
+                out.append((fut, int(n)))
+            except Exception as e:  # QRNNError from the runtime, or a bug: the client gets a message
+                if not isinstance(e, QRNNError):
+                    log.exception("encoding failed")
+                out.append((fut, e))
+        elif kind == "end":
+            _, _, beam, max_len, lp = cmd
+            try:
+                if job._source is None:
+                    raise StreamError("the source is empty: send some text before ending it")
+                job._decoder = job._source.decoder(beam=beam, max_len=max_len, length_penalty=lp)
+            except Exception as e:
+                if not isinstance(e, QRNNError):
+                    log.exception("starting the decoder failed")
+                out.append((job, {"type": "error", "message": str(e)}))
+                self._free(job)
+                return
+            self.metrics.decoding.inc()
+            if job._decoder.done:  # max_len 0 or similar: nothing to decode
+                out.append((job, self._done_event(job)))
+                self._free(job)
+            else:
+                self._active.append(job)
+
+    def _done_event(self, job: Job) -> dict:
+        d = job._decoder
+        ids = [int(t) for t in (d.result or [])]
+        return {"type": "done", "ids": ids, "text": "".join(self.model.token_text(t) for t in ids), "steps": d.steps}
+
+    def _step(self, out: list) -> None:
+        # Chunks of at most max_batch_rows rows; each chunk keeps its own DecodeBatch so the
+        # padded context it caches stays valid between steps.
+        chunks, cur, rows = [], [], 0
+        for job in self._active:
+            k = job._decoder.num_rows
+            if cur and rows + k > self.max_batch_rows:
+                chunks.append(cur)
+                cur, rows = [], 0
+            cur.append(job)
+            rows += k
+        if cur:
+            chunks.append(cur)
+        while len(self._batches) < len(chunks):
+            self._batches.append(self.model.decode_batch())
+        finished = []
+        for i, group in enumerate(chunks):
+            decoders = [j._decoder for j in group]
+            nrows = sum(d.num_rows for d in decoders)
+            t0 = time.perf_counter()
+            try:
+                new = self._batches[i].step(decoders)
+            except Exception as e:
+                if not isinstance(e, QRNNError):
+                    log.exception("decoder step failed")
+                for j in group:
+                    out.append((j, {"type": "error", "message": f"decoding failed: {e}"}))
+                    finished.append(j)
+                self._batches[i] = self.model.decode_batch()
+                continue
+            dt = time.perf_counter() - t0
+            self.steps += 1
+            m = self.metrics
+            m.step_seconds.observe(dt)
+            m.batch_size.observe(len(group))
+            m.batch_rows.observe(nrows)
+            n_tok = 0
+            for j, toks in zip(group, new):
+                for t in toks:
+                    out.append((j, {"type": "token", "id": int(t), "text": self.model.token_text(int(t))}))
+                n_tok += len(toks)
+                if j._decoder.done:
+                    out.append((j, self._done_event(j)))
+                    finished.append(j)
+            if n_tok:
+                m.add_tokens(n_tok)
+        if finished:
+            gone = set(id(j) for j in finished)
+            self._active = [j for j in self._active if id(j) not in gone]
+            for j in finished:
+                self._free(j)
+
+    def _emit(self, out: list) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._dispatch, out)
+        except RuntimeError:  # the loop closed meanwhile (process exit)
+            pass
+
+    # -- back on the event loop -------------------------------------------------------------------
+
+    def _dispatch(self, out: list) -> None:
+        now = time.perf_counter()
+        for target, value in out:
+            if isinstance(target, asyncio.Future):
+                if not target.done():
+                    if isinstance(value, BaseException):
+                        target.set_exception(value)
+                    else:
+                        target.set_result(value)
+                continue
+            job: Job = target
+            if job.closed:
+                continue
+            kind = value["type"]
+            if kind == "token":
+                if job.t_first is None:
+                    job.t_first = now
+                    if job.t_end is not None:
+                        self.metrics.first_token_seconds.observe(now - job.t_end)
+                job.n_tokens += 1
+            elif kind in ("done", "error"):
+                job.finished = True
+                self.metrics.translations.inc(outcome="done" if kind == "done" else "error")
+            value["t"] = now
+            job.events.put_nowait(value)

@@ -1,0 +1,88 @@
+"""Running the app under uvicorn with a drain on SIGTERM / SIGINT.
+
+uvicorn's own graceful shutdown closes WebSockets at once (code 1012), cutting translations in
+the middle. `DrainingServer` first drains: on the first signal it refuses new streams and
+sentences (healthz turns 503 so a load balancer stops sending), waits until every translation in
+flight has sent its done (at most `drain_timeout` s), and only then lets uvicorn shut down. A
+second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Optional
+
+import uvicorn
+
+from qrnn_deploy.serve.config import ServeConfig
+from qrnn_deploy.serve.state import ServerState
+
+log = logging.getLogger("qrnn_deploy.serve")
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn.Server whose first exit signal drains `state` before shutting down."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState):
+        super().__init__(config)
+        self.state = state
+        self.drain_started = False
+        self.drained: Optional[bool] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+
+    async def startup(self, sockets=None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig, frame) -> None:
+        if self.drain_started or self._loop is None:
+            super().handle_exit(sig, frame)
+            return
+        self.drain_started = True
+        self._loop.call_soon_threadsafe(self.request_drain)
+
+    def request_drain(self) -> None:
+        """Starts the drain (from the event loop; tests call it directly)."""
+        self.drain_started = True
+        asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        n = self.state.engine.jobs_open
+        log.info("draining: %d translation(s) in flight, waiting up to %.0f s", n, self.state.cfg.drain_timeout)
+        self.drained = await self.state.drain()
+        if not self.drained:
+            log.warning("drain timeout: %d translation(s) still open are cut", self.state.engine.jobs_open)
+        self.should_exit = True
+
+
+def uvicorn_config(app, cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000,
+                   log_level: str = "info", access_log: bool = False) -> uvicorn.Config:
+    # The app answers over-size messages with an error and keeps the connection; frames far over
+    # the limit are cut by the WebSocket layer itself (close 1009) before they are buffered.
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
+                          lifespan="on", ws="websockets-sansio", ws_max_size=max(4 * cfg.max_message_bytes, 1 << 20),
+                          ws_per_message_deflate=False, timeout_graceful_shutdown=5)
+
+
+def make_server(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+                access_log: bool = False) -> DrainingServer:
+    """A DrainingServer for an app made by `create_app` (run it with `.run()` or `await .serve()`)."""
+    state: ServerState = app.state.serve
+    return DrainingServer(uvicorn_config(app, state.cfg, host, port, log_level, access_log), state)
+
+
+def run_server(bundle, cfg: Optional[ServeConfig] = None, host: str = "127.0.0.1", port: int = 8000,
+               threads: Optional[int] = None, backend: str = "onnxruntime", log_level: str = "info",
+               access_log: bool = False) -> None:
+    """Loads a seq2seq bundle and serves it until SIGTERM / SIGINT (then drains)."""
+    from qrnn_deploy.runtime import load_bundle
+    from qrnn_deploy.serve.app import create_app
+
+    b = load_bundle(bundle, backend=backend, threads=threads)
+    tr = b.translator()
+    m = b.manifest
+    info = {"bundle": str(b.path), "model_type": m.model_type, "fo_pool": m.fo_pool, "backend": backend,
+            "config": m.config}
+    app = create_app(tr, cfg, info=info)
+    make_server(app, host, port, log_level, access_log).run()

@@ -1,0 +1,207 @@
+"""WebSocket `/v1/stream`: source pieces in, target tokens out (protocol in protocol.py and
+docs/server.md).
+
+One connection carries any number of sentences, one after another. Each "source" piece is
+encoded on arrival; "end" starts decoding, and a pump task forwards that sentence's tokens while
+the connection keeps reading (so "reset" can stop it and the next sentence can already stream
+in). Pumps of consecutive sentences run in order, so a client sees sentence 1's done before any
+token of sentence 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Optional
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from qrnn_deploy.errors import QRNNError
+from qrnn_deploy.serve.engine import EngineStopped, Job
+from qrnn_deploy.serve.protocol import (CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER,
+                                        ProtocolError, check_source_length, decode_frame, decode_options,
+                                        parse_message)
+from qrnn_deploy.serve.state import ServerState
+
+log = logging.getLogger("qrnn_deploy.serve")
+
+
+class _Close(Exception):
+    def __init__(self, code: int):
+        self.code = code
+
+
+def done_payload(job: Job, ev: dict, beam: int) -> dict:
+    """The final message of one translation: text plus counts and timings (milliseconds)."""
+    t_end = job.t_end or ev["t"]
+    return {
+        "type": "done", "text": ev["text"], "tokens": len(ev["ids"]), "steps": ev["steps"], "beam": beam,
+        "source_chars": job.source_chars,
+        "encode_ms": round(job.encode_seconds * 1000, 3),
+        "first_token_ms": None if job.t_first is None else round((job.t_first - t_end) * 1000, 3),
+        "decode_ms": round((ev["t"] - t_end) * 1000, 3),
+    }
+
+
+async def stream_endpoint(ws: WebSocket) -> None:
+    st: ServerState = ws.app.state.serve
+    await ws.accept()
+    if not st.authorized(ws.headers, ws.query_params):
+        st.metrics.errors.inc(kind="unauthorized")
+        await _send_then_close(ws, {"type": "error", "code": "unauthorized",
+                                    "message": "missing or wrong API key (Authorization: Bearer KEY, "
+                                               "X-API-Key: KEY, or ?api_key=KEY)"}, CLOSE_POLICY)
+        return
+    slot = st.open_stream()
+    if slot is None:
+        code, message = st.refusal()
+        st.metrics.errors.inc(kind=code)
+        await _send_then_close(ws, {"type": "error", "code": code, "message": message}, CLOSE_TRY_AGAIN_LATER)
+        return
+    conn = StreamConnection(ws, st)
+    try:
+        await conn.run()
+    except _Close as c:
+        try:
+            await ws.close(c.code)
+        except Exception:  # already closed by the peer
+            pass
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        pass  # the client went away while we were sending
+    finally:
+        await conn.cleanup()
+        slot.release()
+
+
+async def _send_then_close(ws: WebSocket, obj: dict, code: int) -> None:
+    try:
+        await ws.send_text(json.dumps(obj))
+        await ws.close(code)
+    except Exception:
+        pass
+
+
+class StreamConnection:
+    def __init__(self, ws: WebSocket, st: ServerState):
+        self.ws, self.st, self.cfg = ws, st, st.cfg
+        self.job: Optional[Job] = None  # the sentence whose source is arriving
+        self.pumps: list = []  # tasks forwarding ended sentences, oldest first
+        self._send_lock = asyncio.Lock()
+
+    def busy(self) -> bool:
+        self.pumps = [p for p in self.pumps if not p.done()]
+        return self.job is not None or bool(self.pumps)
+
+    async def send(self, obj: dict) -> None:
+        async with self._send_lock:
+            await self.ws.send_text(json.dumps(obj, ensure_ascii=False))
+
+    async def error(self, e: ProtocolError) -> None:
+        self.st.metrics.errors.inc(kind=e.code)
+        await self.send(e.to_json())
+
+    async def run(self) -> None:
+        while True:
+            try:
+                msg = await asyncio.wait_for(self.ws.receive(), self.cfg.idle_timeout)
+            except asyncio.TimeoutError:
+                if self.busy() and self.job is None:
+                    continue  # decoding for this client: silence is fine
+                await self.error(ProtocolError("idle_timeout", f"no message for {self.cfg.idle_timeout:g} s; "
+                                                               "closing the connection"))
+                raise _Close(CLOSE_IDLE) from None
+            if msg["type"] == "websocket.disconnect":
+                return
+            try:
+                data = msg.get("text")
+                text = decode_frame(data if data is not None else msg.get("bytes"), self.cfg.max_message_bytes)
+                await self.handle(parse_message(text))
+            except ProtocolError as e:
+                await self.error(e)
+
+    async def handle(self, m: dict) -> None:
+        kind = m["type"]
+        if kind == "source":
+            await self.source(m["text"])
+        elif kind == "end":
+            beam, max_len, lp = decode_options(m, self.cfg)
+            if self.job is None:
+                raise ProtocolError("empty_source", 'nothing to translate: send {"type": "source", "text": ...} '
+                                                    'before "end"')
+            job, self.job = self.job, None
+            job.end(beam, max_len, lp)
+            prev = self.pumps[-1] if self.pumps else None
+            self.pumps.append(asyncio.ensure_future(self.pump(job, prev, beam)))
+        elif kind == "reset":
+            await self.drop_all()
+            await self.send({"type": "reset"})
+        elif kind == "ping":
+            await self.send({"type": "pong"})
+
+    async def source(self, text: str) -> None:
+        if self.job is None:
+            if self.st.draining:
+                await self.error(ProtocolError("draining", "the server is shutting down; reconnect to another "
+                                                           "instance or retry later"))
+                raise _Close(CLOSE_TRY_AGAIN_LATER)
+            try:
+                self.job = self.st.open_job()
+            except EngineStopped as e:
+                await self.error(ProtocolError("draining", str(e)))
+                raise _Close(CLOSE_GOING_AWAY) from None
+        err = check_source_length(self.job.source_chars, text, self.cfg)
+        if err is not None:
+            self.job.close()
+            self.job = None
+            raise err
+        if not text:
+            return
+        try:
+            await self.job.feed(text)
+        except QRNNError as e:
+            if self.job is not None:
+                self.job.close()
+                self.job = None
+            raise ProtocolError("source_failed", f"the source could not be encoded ({e}); the sentence was "
+                                                 "dropped") from None
+
+    async def pump(self, job: Job, prev: Optional[asyncio.Task], beam: int) -> None:
+        """Forwards one ended sentence's tokens and its done (or error) message."""
+        try:
+            if prev is not None:
+                await asyncio.wait([prev])
+            index = 0
+            async for ev in job.results():
+                if ev["type"] == "token":
+                    await self.send({"type": "token", "text": ev["text"], "id": ev["id"], "index": index,
+                                     "ms": round((ev["t"] - job.t_end) * 1000, 3)})
+                    index += 1
+                elif ev["type"] == "done":
+                    await self.send(done_payload(job, ev, beam))
+                else:
+                    self.st.metrics.errors.inc(kind="translate_failed")
+                    await self.send({"type": "error", "code": "translate_failed", "message": ev["message"]})
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the client is gone; the reader notices and cleans up
+            log.debug("pump stopped: %s", e)
+        finally:
+            job.close()
+
+    async def drop_all(self) -> None:
+        if self.job is not None:
+            self.job.close()
+            self.job = None
+        pumps, self.pumps = self.pumps, []
+        for p in pumps:
+            p.cancel()
+        if pumps:
+            await asyncio.gather(*pumps, return_exceptions=True)
+
+    async def cleanup(self) -> None:
+        """Frees every model state of this connection (client gone, closed or server stopping)."""
+        await self.drop_all()
+
+
+__all__ = ["stream_endpoint", "done_payload", "StreamConnection", "CLOSE_IDLE"]
