@@ -1,0 +1,49 @@
+"""`qrnn-deploy serve BUNDLE`: the streaming translation server (docs/server.md)."""
+
+from typing import Optional
+
+import typer
+
+from qrnn_deploy.cli.app import app
+
+
+@app.command()
+def serve(bundle: str = typer.Argument(..., help="Seq2seq bundle directory (written by `qrnn-deploy export`)."),
+          host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback unless you say otherwise)."),
+          port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
+          threads: Optional[int] = typer.Option(None, "--threads", min=1, help="onnxruntime intra-op threads."),
+          backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime or tensorrt."),
+          max_streams: int = typer.Option(256, "--max-streams", min=1,
+                                          help="Open streams (WebSocket + HTTP) at once; more are refused (1013 / 503)."),
+          api_key: Optional[str] = typer.Option(None, "--api-key", envvar="QRNN_SERVE_API_KEY",
+                                                help="Require this key on every endpoint but /healthz "
+                                                     "(Authorization: Bearer, X-API-Key or ?api_key=)."),
+          beam: int = typer.Option(1, "--beam", "-k", min=1, help="Default beam size (1 = greedy)."),
+          max_beam: int = typer.Option(8, "--max-beam", min=1, help="Largest beam a request may ask for."),
+          max_len: int = typer.Option(200, "--max-len", min=1, help="Most target symbols per sentence."),
+          length_penalty: float = typer.Option(1.0, "--length-penalty", help="Beam: score / (len + 1) ** this."),
+          max_message_bytes: int = typer.Option(65536, "--max-message-bytes", min=64,
+                                                help="Largest client message or HTTP body."),
+          max_source_chars: int = typer.Option(2000, "--max-source-chars", min=1,
+                                               help="Longest source sentence."),
+          idle_timeout: float = typer.Option(60.0, "--idle-timeout", help="Seconds a silent WebSocket stays open."),
+          batch_wait_ms: float = typer.Option(1.0, "--batch-wait-ms",
+                                              help="Idle engine: wait this long for more sources to end before "
+                                                   "the first step (0 = never)."),
+          max_batch_rows: int = typer.Option(512, "--max-batch-rows", min=1,
+                                             help="Most hypotheses in one decoder call."),
+          drain_timeout: float = typer.Option(30.0, "--drain-timeout",
+                                              help="SIGTERM: seconds to let open translations finish."),
+          log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+          access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log every HTTP request.")):
+    """Serve a seq2seq bundle: WebSocket streaming, HTTP translation, metrics and a live page at /."""
+    from qrnn_deploy.serve import ServeConfig, run_server
+
+    cfg = ServeConfig(beam=beam, max_beam=max(max_beam, beam), max_len=max_len, length_penalty=length_penalty,
+                      max_streams=max_streams, max_message_bytes=max_message_bytes,
+                      max_source_chars=max_source_chars, idle_timeout=idle_timeout, batch_wait_ms=batch_wait_ms,
+                      max_batch_rows=max_batch_rows, drain_timeout=drain_timeout, api_key=api_key).validate()
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
+    run_server(bundle, cfg, host=host, port=port, threads=threads, backend=backend, log_level=log_level,
+               access_log=access_log)
