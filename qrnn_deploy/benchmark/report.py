@@ -1,0 +1,188 @@
+"""Turning a BenchResult into figures a reader can judge: ratios to the LSTM baseline, the matrix-
+product floor, the targets of issue 11, a rich table on the terminal, CSV and JSON files.
+
+Ratios are always against `lstm-ort` (onnxruntime's LSTM operator) measured in the same run, at the
+same (H, B, T): speedup = lstm-ort time / contender time, so > 1 means faster than the LSTM.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from qrnn_deploy.benchmark.suite import BenchResult
+
+BASELINE = "lstm-ort"
+# The bundle we hold to the targets: the custom-op one; the portable one stands in when the
+# custom-op library is not built (the targets block then says so).
+PREFERRED_BUNDLES = ("qrnn-custom", "qrnn-portable")
+OVERHEAD_TARGET = 1.15  # QRNN encoding time <= 1.15 x the time of its matrix products alone
+STREAM_TARGET = 2.0  # custom-op bundle per-token p50 at least 2x below PyTorch eager QRNN's
+
+
+def _key(r: dict, *fields) -> tuple:
+    return tuple(r.get(f) for f in fields)
+
+
+def derive(res: BenchResult) -> list:
+    """The records with derived fields added (copies): speedup_vs_lstm_ort, mac_ratio_vs_lstm,
+    matmul_ms, time_over_matmuls, outside_matmul_share, gemm_floor_ms."""
+    recs = [dict(r) for r in res.records]
+    base = {_key(r, "section", "H", "B", "T"): r for r in recs if r["impl"] == BASELINE}
+    mm = {_key(r, "H", "window", "B", "T"): r for r in recs if r["impl"] == "qrnn-matmuls"}
+    gemm = res.floors.get("ort_gemm_gflops") or float("nan")
+    for r in recs:
+        b = base.get(_key(r, "section", "H", "B", "T"))
+        if b is not None:
+            t, tb = (r["p50_ms"], b["p50_ms"]) if r["section"] == "stream_latency" else (r["ms"], b["ms"])
+            r["speedup_vs_lstm_ort"] = tb / t
+        if r["section"] == "encode":
+            if r["family"] == "qrnn":
+                r["mac_ratio_vs_lstm"] = b["macs_per_token"] / r["macs_per_token"] if b else None
+                m = mm.get(_key(r, "H", "window", "B", "T"))
+                if m is not None and r["impl"] in PREFERRED_BUNDLES:
+                    r["matmul_ms"] = m["ms"]
+                    r["time_over_matmuls"] = r["ms"] / m["ms"]
+                    r["outside_matmul_share"] = max(0.0, 1.0 - m["ms"] / r["ms"])
+            if r.get("macs_per_token"):
+                r["gemm_floor_ms"] = 2.0 * r["macs_per_token"] * r["B"] * r["T"] / (gemm * 1e9) * 1e3
+    return recs
+
+
+def _held_bundle(recs: list) -> str | None:
+    names = {r["impl"] for r in recs}
+    return next((n for n in PREFERRED_BUNDLES if n in names), None)
+
+
+def targets(recs: list) -> dict:
+    """The three targets of issue 11, each with met/total and the figures behind it."""
+    bundle = _held_bundle(recs)
+    out: dict = {"bundle": bundle}
+    if bundle is None:
+        out["note"] = "no QRNN bundle ran (see notes): no target can be judged"
+        return out
+    enc = [r for r in recs if r["section"] == "encode" and r["impl"] == bundle]
+    over = [r for r in enc if "time_over_matmuls" in r]
+    out["encode_within_15pct_of_matmuls"] = {
+        "target": f"{bundle} encoding time <= {OVERHEAD_TARGET} x its matrix products alone",
+        "met": sum(r["time_over_matmuls"] <= OVERHEAD_TARGET for r in over), "total": len(over),
+        "cases": [{k: r[k] for k in ("H", "window", "B", "T", "time_over_matmuls")} for r in over]}
+    mac = [r for r in enc if r.get("speedup_vs_lstm_ort") and r.get("mac_ratio_vs_lstm")]
+    out["speedup_at_least_mac_ratio"] = {
+        "target": f"{bundle} speedup over lstm-ort >= LSTM MACs / QRNN MACs",
+        "met": sum(r["speedup_vs_lstm_ort"] >= r["mac_ratio_vs_lstm"] for r in mac), "total": len(mac),
+        "cases": [{k: r[k] for k in ("H", "window", "B", "T", "speedup_vs_lstm_ort", "mac_ratio_vs_lstm")}
+                  for r in mac]}
+    cases = []
+    for r in recs:
+        if r["section"] == "stream_latency" and r["impl"] == bundle:
+            t = next((x for x in recs if x["section"] == "stream_latency" and x["impl"] == "qrnn-torch"
+                      and x["H"] == r["H"] and x["window"] == r["window"]), None)
+            if t is not None:
+                cases.append({"H": r["H"], "window": r["window"], "p50_ms": r["p50_ms"],
+                              "torch_p50_ms": t["p50_ms"], "ratio": t["p50_ms"] / r["p50_ms"]})
+    out["stream_latency_2x_below_torch"] = {
+        "target": f"{bundle} per-token p50 at batch 1 >= {STREAM_TARGET}x below PyTorch eager QRNN",
+        "met": sum(c["ratio"] >= STREAM_TARGET for c in cases), "total": len(cases), "cases": cases}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Files.
+
+
+CSV_FIELDS = ["section", "impl", "family", "H", "window", "B", "T", "ms", "ms_best", "p50_ms", "p99_ms",
+              "tokens_per_s", "speedup_vs_lstm_ort", "macs_per_token", "mac_ratio_vs_lstm", "matmul_ms",
+              "time_over_matmuls", "outside_matmul_share", "gemm_floor_ms", "samples"]
+
+
+def write_csv(recs: list, path: Path) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in recs:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
+    return path
+
+
+def _clean(x):
+    # JSON has no NaN / inf: write null.
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+def write_json(res: BenchResult, recs: list, tgt: dict, path: Path) -> Path:
+    d = res.to_json()
+    d["records"] = recs
+    d["targets"] = tgt
+    path.write_text(json.dumps(_clean(d), indent=1) + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# The terminal.
+
+
+def _f(x, spec=".2f", suffix="") -> str:
+    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:{spec}}{suffix}"
+
+
+def render(res: BenchResult, recs: list, tgt: dict, console) -> None:
+    """Prints the floors, the encoding and streaming tables and the targets with rich."""
+    from rich.table import Table
+
+    fl = res.floors
+    console.print(f"[bold]Floors[/]: onnxruntime MatMul {fl['ort_gemm_gflops']:.1f} GFLOP/s, numpy matmul "
+                  f"{fl['numpy_gemm_gflops']:.1f} GFLOP/s (n={fl['gemm_n']}), copy {fl['copy_gbs']:.1f} GB/s "
+                  f"(read + write); {res.config.threads} thread(s); load average "
+                  f"{_f(res.meta.get('load_avg_1m_start'), '.1f')} -> {_f(res.meta.get('load_avg_1m_end'), '.1f')}")
+    enc = [r for r in recs if r["section"] == "encode"]
+    for k in res.config.windows:
+        t = Table(title=f"Encoding whole sequences, QRNN window {k}, {res.config.layers} layers: "
+                        f"speedup over onnxruntime LSTM", caption="MACs: LSTM / QRNN multiply-adds; /MM: bundle time "
+                        "/ its matrix products alone; non-MM: share of time outside them")
+        for col in ("H", "B", "T", "LSTM-ort tok/s", "torch LSTM", "custom", "portable", "torch QRNN",
+                    "MACs", "/MM", "non-MM"):
+            t.add_column(col, justify="right")
+        for (H, B, T) in sorted({(r["H"], r["B"], r["T"]) for r in enc}):
+            row = {r["impl"]: r for r in enc if (r["H"], r["B"], r["T"]) == (H, B, T) and r["window"] in (None, k)}
+            base = row.get(BASELINE)
+            held = row.get("qrnn-custom") or row.get("qrnn-portable") or {}
+            t.add_row(str(H), str(B), str(T), _f(base and base["tokens_per_s"], ",.0f"),
+                      *[_f(row.get(n, {}).get("speedup_vs_lstm_ort"), ".2f", "x")
+                        for n in ("lstm-torch", "qrnn-custom", "qrnn-portable", "qrnn-torch")],
+                      _f(held.get("mac_ratio_vs_lstm"), ".2f", "x"), _f(held.get("time_over_matmuls"), ".2f", "x"),
+                      _f(held.get("outside_matmul_share") and 100 * held["outside_matmul_share"], ".0f", "%"))
+        console.print(t)
+
+    t = Table(title=f"Streaming decode, one token per call with carried states "
+                    f"(batch 1 latency; batch {res.config.stream_batch} throughput)")
+    for col in ("H", "k", "impl", "p50 ms", "p99 ms", "vs LSTM-ort", f"B={res.config.stream_batch} tok/s",
+                "vs LSTM-ort"):
+        t.add_column(col, justify="right", no_wrap=True)
+    lat = [r for r in recs if r["section"] == "stream_latency"]
+    thr = {_key(r, "H", "window", "impl"): r for r in recs if r["section"] == "stream_batch"}
+    for r in sorted(lat, key=lambda r: (r["H"], r["window"] or 0, r["family"] != "lstm")):
+        b = thr.get(_key(r, "H", "window", "impl"), {})
+        t.add_row(str(r["H"]), "-" if r["window"] is None else str(r["window"]), r["impl"], _f(r["p50_ms"], ".3f"),
+                  _f(r["p99_ms"], ".3f"), _f(r.get("speedup_vs_lstm_ort"), ".2f", "x"),
+                  _f(b.get("tokens_per_s"), ",.0f"), _f(b.get("speedup_vs_lstm_ort"), ".2f", "x"))
+    console.print(t)
+
+    console.print("[bold]Targets[/] (benchmarks, not tests):")
+    if "note" in tgt:
+        console.print(f"  {tgt['note']}")
+    for name in ("encode_within_15pct_of_matmuls", "speedup_at_least_mac_ratio", "stream_latency_2x_below_torch"):
+        if name in tgt:
+            x = tgt[name]
+            mark = "[green]met[/]" if x["total"] and x["met"] == x["total"] else "[red]not met[/]"
+            console.print(f"  {x['target']}: {x['met']}/{x['total']} cases ({mark})")
+    for n in res.notes:
+        console.print(f"  [dim]note: {n}[/]")
