@@ -9,6 +9,8 @@ from qrnn_deploy.cli import demo  # noqa: F401  (registers commands)
 from qrnn_deploy.cli import translate  # noqa: F401
 from qrnn_deploy.cli import export  # noqa: F401  (export, info)
 from qrnn_deploy.cli import serve  # noqa: F401
+from qrnn_deploy.cli import bench  # noqa: F401
+from qrnn_deploy.cli import train  # noqa: F401  (train)
 from qrnn_deploy.errors import QRNNError
 
 
