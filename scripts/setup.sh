@@ -26,3 +26,7 @@ if [ -x scripts/build_plugins.sh ]; then
   # Without a compiler the package still works (PyTorch fallback); the reason is printed.
   bash scripts/build_plugins.sh || echo "setup: native plugins not built; FoPool onnxruntime sessions will be unavailable" >&2
 fi
+if [ -x scripts/build_cpp_runtime.sh ]; then
+  # The C++ runtime (runtime/): its tests skip with the reason when it cannot be built.
+  bash scripts/build_cpp_runtime.sh || echo "setup: C++ runtime not built; its tests will skip" >&2
+fi
