@@ -11,19 +11,13 @@ Arrows: cli -> serve -> runtime -> bundle files. This package imports only numpy
 errors / _native.
 """
 
+from qrnn_deploy._native import ort_library_path
 from qrnn_deploy.runtime.backends import GraphRunner, OrtRunner, available_backends, register_backend
 from qrnn_deploy.runtime.decoders import BeamDecoder, DecodeBatch, GreedyDecoder, log_softmax64
 from qrnn_deploy.runtime.generate import ClassifierStream, LanguageModelStream, pick_token
 from qrnn_deploy.runtime.loader import Bundle, Graph, load_bundle
 from qrnn_deploy.runtime.seq2seq import TranslationStream, Translator
 from qrnn_deploy.runtime.stream import Stream, StreamBatch, split_states, stack_states
-
-
-def ort_library_path():
-    """Path of the built FoPool onnxruntime custom-op library (see qrnn_deploy._native)."""
-    from qrnn_deploy._native import ort_library_path as _path
-
-    return _path()
 
 
 __all__ = [

@@ -104,25 +104,15 @@ class OrtRunner:
 
 
 def _ort_session(path: Path, providers, threads, custom_ops: bool):
-    try:
-        from qrnn_deploy import _native
-    except ImportError:
-        _native = None
-    if _native is not None and hasattr(_native, "ort_session"):
-        return _native.ort_session(str(path), providers=providers, threads=threads, custom_ops=custom_ops)
-    if custom_ops:
-        raise BuildError("this bundle uses the FoPool custom op, but the onnxruntime custom-op library "
-                         "support (qrnn_deploy._native) is not available; run `bash scripts/setup.sh` "
-                         "or export with --fo-pool portable")
-    import onnxruntime as ort
+    # qrnn_deploy._native is the one place that makes sessions (custom-op library, threads).
+    from qrnn_deploy import _native
+    from qrnn_deploy.errors import QRNNError
 
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(str(path), so, providers=list(providers or ["CPUExecutionProvider"]))
-    except Exception as e:
+        return _native.ort_session(path, providers=providers, threads=threads, custom_ops=custom_ops)
+    except QRNNError:
+        raise
+    except Exception as e:  # onnxruntime's own types: a corrupt or incompatible graph file
         raise BundleError(f"{path}: onnxruntime cannot load this graph: {e}") from None
 
 
