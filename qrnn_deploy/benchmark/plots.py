@@ -56,7 +56,7 @@ def speedup_heatmap(recs: list, path: Path, layers: int) -> Path:
         ax.set_title(f"H={H}, window {k}", fontsize=10)
     if im is not None:
         fig.colorbar(im, ax=axes[0].tolist(), label=f"speedup over {BASELINE}")
-    fig.suptitle(f"{bundle} vs onnxruntime LSTM, {layers}-layer LM encoding", fontsize=11)
+    fig.suptitle(f"{bundle} vs onnxruntime LSTM, {layers}-layer LM encoding", fontsize=11, y=1.06)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
