@@ -40,6 +40,9 @@ class BenchConfig:
     layers: int = 2
     vocab: int = 64
     threads: int = 1
+    # Encoding and batched streaming report the best round of each contender: on a shared machine
+    # the fastest of interleaved rounds is the one least disturbed by other processes, so ratios of
+    # bests compare the code, not the neighbours (medians are kept in the CSV as ms_median).
     rounds: int = 5  # encoding: at most this many interleaved rounds per (B, T, H) case ...
     min_rounds: int = 2
     case_budget_s: float = 5.0  # ... and stop after this many seconds (once min_rounds are done)
@@ -52,10 +55,10 @@ class BenchConfig:
 
 
 PRESETS = {
-    "full": dict(batches=(1, 8, 32), steps=(32, 128, 512), hiddens=(256, 512), rounds=7, min_rounds=3,
-                 case_budget_s=8.0, stream_tokens=100, stream_blocks=5, stream_rounds=30),
-    "quick": dict(batches=(1, 32), steps=(32, 128), hiddens=(256,), rounds=4, min_rounds=2,
-                  case_budget_s=2.0, stream_tokens=40, stream_blocks=3, stream_rounds=12),
+    "full": dict(batches=(1, 8, 32), steps=(32, 128, 512), hiddens=(256, 512), rounds=9, min_rounds=4,
+                 case_budget_s=10.0, stream_tokens=100, stream_blocks=5, stream_rounds=30),
+    "quick": dict(batches=(1, 8, 32), steps=(32, 128), hiddens=(256,), rounds=10, min_rounds=3,
+                  case_budget_s=4.0, stream_tokens=40, stream_blocks=3, stream_rounds=12),
     "smoke": dict(batches=(1, 2), steps=(8,), hiddens=(32,), windows=(1, 2), rounds=2, min_rounds=1,
                   case_budget_s=0.2, stream_tokens=5, stream_blocks=2, stream_batch=4, stream_rounds=3,
                   gemm_n=256),
@@ -242,7 +245,7 @@ def _encode_case(cfg, H, B, T, lstm, qrnns, res, rng) -> None:
         res.records.append({
             "section": "encode", "impl": c.name, "family": c.family, "H": H,
             "window": q.window if q else None, "B": B, "T": T,
-            "ms": t.median * 1e3, "ms_best": t.best * 1e3, "tokens_per_s": B * T / t.median,
+            "ms": t.best * 1e3, "ms_median": t.median * 1e3, "tokens_per_s": B * T / t.best,
             "macs_per_token": q.macs if q else lstm_macs, "samples": len(t.samples)})
 
 
@@ -269,5 +272,5 @@ def _stream_batch(cfg, H, lstm, qrnns, res, rng) -> None:
         res.records.append({
             "section": "stream_batch", "impl": c.name, "family": c.family, "H": H,
             "window": q.window if q else None, "B": B, "T": 1,
-            "ms": t.median * 1e3, "ms_best": t.best * 1e3, "tokens_per_s": B / t.median,
+            "ms": t.best * 1e3, "ms_median": t.median * 1e3, "tokens_per_s": B / t.best,
             "samples": len(t.samples)})
