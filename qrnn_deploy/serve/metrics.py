@@ -110,6 +110,11 @@ class Histogram(_Metric):
         with self._lock:
             return self._n
 
+    def bucket_counts(self) -> list:
+        """Observations per bucket (not cumulative), the last one for +Inf."""
+        with self._lock:
+            return list(self._counts)
+
     def lines(self) -> list:
         with self._lock:
             counts, s, n = list(self._counts), self._sum, self._n

@@ -1,0 +1,545 @@
+"""`qrnn-deploy serve` against real servers on free loopback ports: the WebSocket protocol with a
+real client (the `websockets` package), HTTP / SSE, access control, every limit and malformed
+input, 50 concurrent streams, disconnects freeing state, draining (in-process and by SIGTERM).
+
+The bundle is a small random seq2seq model (like tests/test_runtime.py's) whose translations vary
+in length and content, so "the same tokens as the runtime" is a real check.
+"""
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+import websockets
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from qrnn_deploy.export import export_bundle
+from qrnn_deploy.nn import QRNNSeq2Seq
+from qrnn_deploy.runtime import load_bundle
+from qrnn_deploy.serve import ServeConfig, create_app
+from qrnn_deploy.serve.metrics import Histogram, ServerMetrics
+from qrnn_deploy.serve.testing import ServerThread
+from qrnn_deploy.vocab import BOS, EOS, CharVocab
+
+REPO = Path(__file__).resolve().parents[1]
+VOCAB = CharVocab.build(["abcdefghijklmnop "])
+MAX_LEN = 25
+SOURCES = ["abc def gh", "hello", "a", "pop mop", "ijkl mnop abc", "dead beef", "gag", "ponm lkji hgfe"]
+
+
+def make_model(seed: int = 0) -> QRNNSeq2Seq:
+    """A random translator whose outputs depend on the source (scaled weights, see test_runtime)."""
+    torch.manual_seed(seed)
+    V = len(VOCAB)
+    m = QRNNSeq2Seq(V, V, embed_size=16, hidden_size=32, num_layers=2, encoder_window=[3, 2],
+                    decoder_window=[2, 1]).eval()
+    with torch.no_grad():
+        m.out.weight.mul_(6)
+        m.tgt_embed.weight.mul_(6)
+        m.src_embed.weight.mul_(3)
+        for c in m.cond_proj:
+            c.weight.mul_(4)
+        m.decoder[-1].attn_k.weight.mul_(3)
+        m.out.bias[EOS] += 0.8
+        m.out.bias[BOS] -= 20
+    return m
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("serve") / "bundle"
+    export_bundle(make_model(), out, fo_pool="portable", verify=False, vocab=VOCAB)
+    return out
+
+
+@pytest.fixture(scope="module")
+def translator(bundle_dir):
+    return load_bundle(bundle_dir, threads=1).translator()
+
+
+@pytest.fixture(scope="module")
+def expected(translator):
+    """Direct runtime translations (greedy and beam 3), the reference for every server answer."""
+    out = {(s, 1): translator.translate(s, max_len=MAX_LEN) for s in SOURCES}
+    out.update({(s, 3): translator.translate(s, beam=3, max_len=MAX_LEN) for s in SOURCES})
+    assert len({out[(s, 1)] for s in SOURCES}) >= 4  # the model's outputs really vary
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(translator):
+    with ServerThread(create_app(translator, ServeConfig(max_len=MAX_LEN, max_streams=80))) as srv:
+        yield srv
+
+
+class SlowTranslator:
+    """The real translator with a delay in every decoder step, so a test can act mid-decoding."""
+
+    def __init__(self, tr, delay: float):
+        self.tr, self.delay = tr, delay
+
+    def stream(self):
+        return self.tr.stream()
+
+    def token_text(self, t):
+        return self.tr.token_text(t)
+
+    def decode_batch(self):
+        batch, delay = self.tr.decode_batch(), self.delay
+
+        class Slow:
+            def step(self, decoders):
+                time.sleep(delay)
+                return batch.step(decoders)
+
+        return Slow()
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def recv(ws):
+    return json.loads(await ws.recv())
+
+
+async def translate_ws(ws, pieces, **end):
+    for p in pieces:
+        await ws.send(json.dumps({"type": "source", "text": p}))
+    await ws.send(json.dumps({"type": "end", **end}))
+    tokens = []
+    while True:
+        m = await recv(ws)
+        if m["type"] == "token":
+            assert m["index"] == len(tokens)
+            tokens.append(m["text"])
+        elif m["type"] == "done":
+            return tokens, m
+        else:
+            raise AssertionError(f"unexpected message {m}")
+
+
+def pieces_of(s: str, n: int = 3) -> list:
+    k = max(1, len(s) // n)
+    return [s[i:i + k] for i in range(0, len(s), k)]
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{") and line.split(" ")[0] == name:
+            return float(line.rsplit(" ", 1)[1])
+    raise KeyError(name)
+
+
+def wait_for(cond, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+# -- the WebSocket protocol ------------------------------------------------------------------------
+
+def test_stream_in_pieces_equals_runtime(server, expected):
+    async def main():
+        async with connect(server.ws_url()) as ws:
+            for s in SOURCES:  # many sentences on one connection
+                tokens, done = await translate_ws(ws, pieces_of(s))
+                assert done["text"] == "".join(tokens) == expected[(s, 1)]
+                assert done["tokens"] == len(tokens) and done["source_chars"] == len(s)
+                assert done["first_token_ms"] is None or 0 <= done["first_token_ms"] <= done["decode_ms"]
+            for s in SOURCES[:4]:
+                tokens, done = await translate_ws(ws, pieces_of(s, 4), beam=3)
+                assert done["text"] == "".join(tokens) == expected[(s, 3)] and done["beam"] == 3
+
+    run(main())
+
+
+def test_reset_ping_and_pipelined_sentences(server, expected):
+    async def main():
+        async with connect(server.ws_url()) as ws:
+            await ws.send(json.dumps({"type": "source", "text": "zzzz qqq"}))
+            await ws.send(json.dumps({"type": "reset"}))
+            assert (await recv(ws)) == {"type": "reset"}
+            await ws.send(json.dumps({"type": "ping"}))
+            assert (await recv(ws)) == {"type": "pong"}
+            tokens, done = await translate_ws(ws, ["abc ", "def gh"])
+            assert done["text"] == expected[("abc def gh", 1)]
+            # two sentences sent back to back: the first's done comes before the second's tokens
+            for s in SOURCES[:2]:
+                await ws.send(json.dumps({"type": "source", "text": s}))
+                await ws.send(json.dumps({"type": "end"}))
+            texts, cur = [], ""
+            while len(texts) < 2:
+                m = await recv(ws)
+                if m["type"] == "token":
+                    cur += m["text"]
+                else:
+                    assert m["type"] == "done" and m["text"] == cur
+                    texts.append(cur)
+                    cur = ""
+            assert texts == [expected[(s, 1)] for s in SOURCES[:2]]
+
+    run(main())
+
+
+def test_malformed_messages_keep_the_connection(server, expected):
+    bad = [("{not json", "bad_json"), ("[1, 2]", "bad_message"), ('{"type": "sauce", "text": "a"}', "bad_type"),
+           ('{"type": "source", "text": 5}', "bad_message"),
+           ('{"type": "end", "beam": 99}', "bad_option"), ('{"type": "end", "max_len": 0}', "bad_option"),
+           ('{"type": "end", "beam": "2"}', "bad_option"), (b"\xff\xfe\x00garbage", "bad_utf8")]
+
+    async def main():
+        async with connect(server.ws_url()) as ws:
+            await ws.send(json.dumps({"type": "end"}))
+            assert (await recv(ws))["code"] == "empty_source"
+            await ws.send(json.dumps({"type": "source", "text": "abc "}))
+            for frame, code in bad:
+                await ws.send(frame)
+                m = await recv(ws)
+                assert m["type"] == "error" and m["code"] == code, (frame, m)
+                assert m["message"]
+            # the sentence begun before the bad messages is intact; UTF-8 binary frames are read too
+            await ws.send(json.dumps({"type": "source", "text": "def gh"}).encode())
+            tokens, done = await translate_ws(ws, [])
+            assert done["text"] == expected[("abc def gh", 1)]
+
+    run(main())
+
+
+def test_unknown_characters_translate_like_the_runtime(server, translator):
+    src = "Grüße, äöü! 漢字 abc"
+    want = translator.translate(src, max_len=MAX_LEN)
+
+    async def main():
+        async with connect(server.ws_url()) as ws:
+            _, done = await translate_ws(ws, [src[:5], src[5:]])
+            assert done["text"] == want
+
+    run(main())
+
+
+# -- HTTP --------------------------------------------------------------------------------------
+
+def test_http_endpoints(server, expected):
+    with httpx.Client(base_url=server.url(""), timeout=30) as c:
+        r = c.post("/v1/translate", json={"text": "pop mop"})
+        assert r.status_code == 200
+        d = r.json()
+        assert d["text"] == "".join(d["pieces"]) == expected[("pop mop", 1)] and len(d["ids"]) == d["tokens"]
+        r = c.post("/v1/translate", json={"text": "ijkl mnop abc", "beam": 3})
+        assert r.json()["text"] == expected[("ijkl mnop abc", 3)]
+        # server-sent events
+        with c.stream("POST", "/v1/translate", json={"text": "dead beef", "stream": True}) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            events = [b for b in r.read().decode().split("\n\n") if b]
+        parsed = [(e.split("\n")[0][len("event: "):], json.loads(e.split("\n")[1][len("data: "):])) for e in events]
+        assert [k for k, _ in parsed[:-1]] == ["token"] * (len(parsed) - 1) and parsed[-1][0] == "done"
+        assert "".join(p["text"] for k, p in parsed[:-1]) == parsed[-1][1]["text"] == expected[("dead beef", 1)]
+        # bad requests
+        for body, code, status in [(b"{", "bad_json", 400), (b'{"text": 3}', "bad_message", 400),
+                                   (b'{"text": ""}', "empty_source", 400), (b'{"text": "a", "beam": 0}', "bad_option", 400),
+                                   (b'{"text": "a", "stream": "yes"}', "bad_option", 400),
+                                   (b'\xff{"text": "a"}', "bad_utf8", 400)]:
+            r = c.post("/v1/translate", content=body, headers={"content-type": "application/json"})
+            assert r.status_code == status and r.json()["error"]["code"] == code, (body, r.text)
+        assert c.get("/v1/translate").status_code == 405
+        h = c.get("/healthz")
+        assert h.status_code == 200 and h.json()["status"] == "ok"
+        m = c.get("/metrics")
+        assert m.headers["content-type"].startswith("text/plain")
+        for name in ["qrnn_serve_streams_open", "qrnn_serve_tokens_total", "qrnn_serve_step_seconds_count",
+                     "qrnn_serve_batch_size_count", "qrnn_serve_tokens_per_second"]:
+            assert metric(m.text, name) >= 0
+        assert metric(m.text, "qrnn_serve_tokens_total") > 0
+        assert 'qrnn_serve_errors_total{kind="bad_json"}' in m.text
+        spec = c.get("/openapi.json").json()
+        assert spec["openapi"].startswith("3.") and "/v1/translate" in spec["paths"]
+        page = c.get("/")
+        assert page.status_code == 200 and "/v1/stream" in page.text and "<script" in page.text
+        assert "http://" not in page.text and "https://" not in page.text  # no external resources
+        st = c.get("/v1/status").json()
+        assert st["streams_open"] == 0 and st["sessions"] == 0 and st["limits"]["max_len"] == MAX_LEN
+
+
+def test_api_key_guards_everything_but_health(translator, expected):
+    app = create_app(translator, ServeConfig(max_len=MAX_LEN, api_key="s3cret"))
+    with ServerThread(app) as srv, httpx.Client(base_url=srv.url(""), timeout=30) as c:
+        assert c.get("/healthz").status_code == 200
+        for path in ["/", "/metrics", "/v1/status", "/openapi.json"]:
+            assert c.get(path).status_code == 401, path
+            assert c.get(path, headers={"X-API-Key": "wrong"}).status_code == 401
+            assert c.get(path, headers={"Authorization": "Bearer s3cret"}).status_code == 200, path
+        assert c.post("/v1/translate", json={"text": "gag"}).status_code == 401
+        r = c.post("/v1/translate?api_key=s3cret", json={"text": "gag"})
+        assert r.json()["text"] == expected[("gag", 1)]
+
+        async def main():
+            async with connect(srv.ws_url()) as ws:
+                m = await recv(ws)
+                assert m["code"] == "unauthorized"
+                with pytest.raises(ConnectionClosed) as e:
+                    await ws.recv()
+                assert e.value.rcvd.code == 1008
+            async with connect(srv.ws_url("/v1/stream?api_key=s3cret")) as ws:
+                assert (await translate_ws(ws, ["gag"]))[1]["text"] == expected[("gag", 1)]
+            async with connect(srv.ws_url(), additional_headers={"Authorization": "Bearer s3cret"}) as ws:
+                assert (await translate_ws(ws, ["g", "ag"]))[1]["text"] == expected[("gag", 1)]
+
+        run(main())
+
+
+# -- limits ------------------------------------------------------------------------------------
+
+def test_message_and_source_limits(translator, expected):
+    cfg = ServeConfig(max_len=MAX_LEN, max_message_bytes=200, max_source_chars=30)
+    with ServerThread(create_app(translator, cfg)) as srv:
+        async def main():
+            async with connect(srv.ws_url()) as ws:
+                await ws.send(json.dumps({"type": "source", "text": "a" * 300}))
+                m = await recv(ws)
+                assert m["code"] == "too_large" and "200" in m["message"]
+                await ws.send(json.dumps({"type": "source", "text": "ab" * 120}).encode())  # binary too
+                assert (await recv(ws))["code"] == "too_large"
+                await ws.send(json.dumps({"type": "source", "text": "a" * 20}))
+                await ws.send(json.dumps({"type": "source", "text": "b" * 20}))
+                m = await recv(ws)
+                assert m["code"] == "source_too_long" and "30" in m["message"]
+                # the over-long sentence was dropped; the connection goes on
+                _, done = await translate_ws(ws, ["hel", "lo"])
+                assert done["text"] == expected[("hello", 1)] and done["source_chars"] == 5
+                # frames far over the limit are cut by the WebSocket layer (1009)
+                await ws.send("x" * (2 << 20))
+                with pytest.raises(ConnectionClosed) as e:
+                    await ws.recv()
+                assert e.value.rcvd.code == 1009
+
+        run(main())
+        with httpx.Client(base_url=srv.url(""), timeout=30) as c:
+            r = c.post("/v1/translate", content=json.dumps({"text": "a" * 300}))
+            assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+            r = c.post("/v1/translate", json={"text": "a" * 31})
+            assert r.status_code == 400 and r.json()["error"]["code"] == "source_too_long"
+            assert wait_for(lambda: srv.state.engine.jobs_open == 0)
+            assert c.get("/v1/status").json()["sessions"] == 0
+
+
+def test_max_streams_refuses_with_1013_and_503(translator, expected):
+    with ServerThread(create_app(translator, ServeConfig(max_len=MAX_LEN, max_streams=2))) as srv:
+        async def main():
+            a = await connect(srv.ws_url())
+            b = await connect(srv.ws_url())
+            await a.send(json.dumps({"type": "ping"}))
+            assert (await recv(a))["type"] == "pong"  # both accepted
+            async with connect(srv.ws_url()) as c:
+                m = await recv(c)
+                assert m["type"] == "error" and m["code"] == "busy" and "2" in m["message"]
+                with pytest.raises(ConnectionClosed) as e:
+                    await c.recv()
+                assert e.value.rcvd.code == 1013
+            async with httpx.AsyncClient(base_url=srv.url(""), timeout=30) as h:
+                r = await h.post("/v1/translate", json={"text": "gag"})
+                assert r.status_code == 503 and r.headers["retry-after"] == "1"
+                assert r.json()["error"]["code"] == "busy"
+                await b.close()
+                for _ in range(200):  # the slot is freed once the server sees the close
+                    if srv.state.streams_open < 2:
+                        break
+                    await asyncio.sleep(0.01)
+                r = await h.post("/v1/translate", json={"text": "gag"})
+                assert r.status_code == 200 and r.json()["text"] == expected[("gag", 1)]
+            assert (await translate_ws(a, ["gag"]))[1]["text"] == expected[("gag", 1)]
+            await a.close()
+
+        run(main())
+
+
+def test_idle_timeout_closes_with_4408(translator):
+    with ServerThread(create_app(translator, ServeConfig(max_len=MAX_LEN, idle_timeout=0.3))) as srv:
+        async def main():
+            async with connect(srv.ws_url()) as ws:
+                await ws.send(json.dumps({"type": "source", "text": "abc"}))
+                t0 = time.monotonic()
+                m = await recv(ws)
+                assert m["code"] == "idle_timeout"
+                with pytest.raises(ConnectionClosed) as e:
+                    await ws.recv()
+                assert e.value.rcvd.code == 4408 and time.monotonic() - t0 >= 0.25
+
+        run(main())
+        assert wait_for(lambda: srv.state.engine.jobs_open == 0 and srv.state.streams_open == 0)
+        assert wait_for(lambda: srv.state.metrics.sessions.value() == 0)
+
+
+# -- concurrency, disconnects, drain -----------------------------------------------------------------
+
+def test_50_concurrent_streams_are_batched_and_correct(server, expected):
+    hist = server.state.metrics.batch_size
+    single0, total0 = hist.bucket_counts()[0], hist.count
+
+    async def client(i):
+        s = SOURCES[i % len(SOURCES)]
+        async with connect(server.ws_url()) as ws:
+            tokens, done = await translate_ws(ws, pieces_of(s, 2 + i % 3))
+            return s, "".join(tokens), done["text"]
+
+    async def main():
+        return await asyncio.gather(*(client(i) for i in range(50)))
+
+    for s, streamed, text in run(main()):
+        assert streamed == text == expected[(s, 1)]
+    # batching happened: some decoder calls stepped several translations at once
+    single, total = hist.bucket_counts()[0] - single0, hist.count - total0
+    assert total > 0 and single < total, "every decoder call stepped one translation: no batching"
+    assert wait_for(lambda: server.state.metrics.sessions.value() == 0)
+
+
+def _long_source(translator, candidates):
+    return max(candidates, key=lambda s: len(translator.translate(s, max_len=MAX_LEN)))
+
+
+def test_disconnect_mid_stream_frees_state(translator):
+    src = _long_source(translator, SOURCES)
+    assert len(translator.translate(src, max_len=MAX_LEN)) >= 6
+    app = create_app(SlowTranslator(translator, 0.03), ServeConfig(max_len=MAX_LEN))
+    with ServerThread(app) as srv, httpx.Client(base_url=srv.url(""), timeout=30) as c:
+        async def main():
+            # 1. gone while its source is arriving: the encoder state is held, then freed
+            ws = await connect(srv.ws_url())
+            await ws.send(json.dumps({"type": "source", "text": src}))
+            await ws.send(json.dumps({"type": "ping"}))
+            assert (await recv(ws))["type"] == "pong"  # the piece is encoded by now
+            assert c.get("/v1/status").json()["sessions"] == 1
+            ws.transport.abort()  # no close handshake: like a dropped network
+            # 2. gone in the middle of decoding
+            ws = await connect(srv.ws_url())
+            await ws.send(json.dumps({"type": "source", "text": src}))
+            await ws.send(json.dumps({"type": "end"}))
+            assert (await recv(ws))["type"] == "token"
+            assert c.get("/v1/status").json()["decoding"] == 1
+            await ws.close()
+
+        run(main())
+        assert wait_for(lambda: c.get("/v1/status").json()["sessions"] == 0)
+        st = c.get("/v1/status").json()
+        assert st["decoding"] == 0 and st["translations_open"] == 0 and st["streams_open"] == 0
+        text = c.get("/metrics").text
+        assert metric(text, "qrnn_serve_sessions") == 0
+        assert 'qrnn_serve_translations_total{outcome="cancelled"} 1' in text
+        assert 'qrnn_serve_translations_total{outcome="abandoned"} 1' in text
+
+
+def test_drain_finishes_streams_in_flight_then_stops(translator):
+    src = _long_source(translator, SOURCES)
+    want = translator.translate(src, max_len=MAX_LEN)
+    srv = ServerThread(create_app(SlowTranslator(translator, 0.02), ServeConfig(max_len=MAX_LEN))).start()
+    try:
+        async def main():
+            ws = await connect(srv.ws_url())
+            await ws.send(json.dumps({"type": "source", "text": src}))
+            await ws.send(json.dumps({"type": "end"}))
+            first = await recv(ws)
+            assert first["type"] == "token"
+            srv.drain()
+            await asyncio.sleep(0.05)
+            async with connect(srv.ws_url()) as late:  # refused while draining
+                assert (await recv(late))["code"] == "draining"
+            async with httpx.AsyncClient(base_url=srv.url(""), timeout=30) as h:
+                assert (await h.get("/healthz")).status_code == 503
+            tokens = [first["text"]]
+            while True:
+                m = await recv(ws)
+                if m["type"] == "done":
+                    break
+                tokens.append(m["text"])
+            assert "".join(tokens) == m["text"] == want  # the stream in flight completed
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()  # then the server shut down
+
+        run(main())
+        srv.join(10)
+        assert not srv.thread.is_alive()
+        assert srv.server.drained is True
+    finally:
+        srv.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_serve_drains_on_sigterm(bundle_dir, translator):
+    """`qrnn-deploy serve` in a subprocess: SIGTERM with a sentence in flight lets it finish, then
+    the process exits 0."""
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "qrnn_deploy", "serve", str(bundle_dir), "--port", str(port),
+                             "--max-len", str(MAX_LEN), "--threads", "1", "--log-level", "warning"],
+                            cwd=str(REPO), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert wait_for(lambda: _healthy(base), timeout=60), proc.stdout.read1().decode() if proc.poll() else ""
+
+        async def main():
+            async with connect(f"ws://127.0.0.1:{port}/v1/stream") as ws:
+                await ws.send(json.dumps({"type": "source", "text": "abc "}))
+                await ws.send(json.dumps({"type": "ping"}))
+                assert (await recv(ws))["type"] == "pong"
+                proc.send_signal(signal.SIGTERM)  # the sentence is in flight: its source is half sent
+                await asyncio.sleep(0.3)
+                assert proc.poll() is None
+                _, done = await translate_ws(ws, ["def gh"])
+                return done["text"]
+
+        assert run(main()) == translator.translate("abc def gh", max_len=MAX_LEN)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _healthy(base) -> bool:
+    try:
+        return httpx.get(base + "/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+# -- pieces ------------------------------------------------------------------------------------
+
+def test_metrics_exposition_format():
+    h = Histogram("x_seconds", "help", [0.1, 1])
+    for v in (0.05, 0.5, 5):
+        h.observe(v)
+    assert h.lines()[2:] == ['x_seconds_bucket{le="0.1"} 1', 'x_seconds_bucket{le="1"} 2',
+                             'x_seconds_bucket{le="+Inf"} 3', "x_seconds_sum 5.55", "x_seconds_count 3"]
+    m = ServerMetrics()
+    m.errors.inc(kind='we"ird')
+    text = m.exposition()
+    assert 'qrnn_serve_errors_total{kind="we\\"ird"} 1' in text
+    assert text.count("# TYPE") == text.count("# HELP") >= 10
+
+
+def test_serve_imports_no_torch(bundle_dir):
+    """Arrows: serve -> runtime only. Loading the server and translating never imports torch."""
+    code = ("import sys, qrnn_deploy.serve, qrnn_deploy.serve.app; from qrnn_deploy.runtime import load_bundle; "
+            f"tr = load_bundle({str(bundle_dir)!r}).translator(); qrnn_deploy.serve.create_app(tr); "
+            "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('qrnn_deploy.nn', 'qrnn_deploy.export'))]; "
+            "assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
