@@ -1,0 +1,60 @@
+"""`qrnn-deploy train`: train the character-level German->English QRNN translator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from qrnn_deploy.cli.app import app
+
+
+@app.command()
+def train(
+    task: str = typer.Option("de-en", "--task", help="What to train; 'de-en' (German->English dictionary)."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Training time (excluding validation). "
+                                            "Default 10, unless --steps is given."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Stop after this many steps (with or without --minutes)."),
+    out: Path = typer.Option(Path("runs/de-en"), "--out", help="Run directory: checkpoints, training state, log."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    seed: int = typer.Option(1, "--seed", help="Random seed (weights and batch order)."),
+    hidden: Optional[int] = typer.Option(None, "--hidden", help="Hidden units per layer (default 256)."),
+    layers: Optional[int] = typer.Option(None, "--layers", help="Layers in encoder and decoder (default 4)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Padded symbols per batch (default 6000)."),
+    valid_every: Optional[float] = typer.Option(None, "--valid-every", help="Seconds of training between "
+                                                "validations + checkpoints (default 300)."),
+    threads: int = typer.Option(2, "--threads", help="CPU threads for PyTorch."),
+    data_file: Optional[Path] = typer.Option(None, "--data-file", help="A dictionary file in the trans-de-en "
+                                             "format instead of the installed /usr/share/trans/de-en."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+):
+    """Train QRNNSeq2Seq on the TU Chemnitz German-English dictionary (docs/data.md, docs/results.md)."""
+    import torch
+
+    from qrnn_deploy.data.dictionary import load_splits
+    from qrnn_deploy.errors import ConfigError
+    from qrnn_deploy.nn.train import TrainConfig, train as run_train
+
+    if task != "de-en":
+        raise ConfigError(f"--task {task!r} is not known; the only task is 'de-en'")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
+    torch.set_num_threads(max(1, threads))
+    splits = load_splits(data_file)
+    cfg = TrainConfig(seed=seed)
+    for name, val in (("hidden_size", hidden), ("num_layers", layers), ("max_tokens", max_tokens),
+                      ("valid_every_s", valid_every)):
+        if val is not None:
+            setattr(cfg, name, val)
+    if cfg.num_layers != 4 and layers is not None:
+        cfg.encoder_window = [6] + [2] * (cfg.num_layers - 1)
+    if minutes is None and steps is None:
+        minutes = 10.0
+    res = run_train(splits, out, cfg, minutes=minutes, max_steps=steps, resume=resume, device=device,
+                    progress=progress)
+    typer.echo(f"trained {res.steps} steps, {res.seconds / 60:.1f} min, {res.target_chars:,} target chars "
+               f"({res.target_chars / max(res.seconds, 1e-9):,.0f}/s), best valid loss {res.best_valid_loss:.3f}; "
+               f"model: {res.out_dir / 'best.safetensors'}")
+    typer.echo(f"next: qrnn-deploy evaluate {res.out_dir / 'best.safetensors'}")

@@ -1,0 +1,302 @@
+"""Training a character-level QRNN translator (`qrnn-deploy train --task de-en`).
+
+One run directory holds
+- `last.safetensors`: the model after the latest checkpoint (a qrnn_deploy.nn checkpoint whose
+  `extra` holds the vocabulary and training info),
+- `best.safetensors`: the model with the lowest validation loss so far,
+- `state.safetensors` + `state.json`: what resuming needs besides the model: the Adam moments
+  (tensors), the step, the position in the epoch and the RNG states (JSON),
+- `log.jsonl`: one JSON line per validation.
+
+Reproducible: with the same seed, data and device, a run (and a resumed run) sees the same
+batches in the same order and starts from the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from qrnn_deploy.errors import CheckpointError, ConfigError, DataError
+from qrnn_deploy.nn.batching import collate, greedy_decode_batch, make_batches
+from qrnn_deploy.nn.checkpoint import load_checkpoint, save_checkpoint
+from qrnn_deploy.nn.seq2seq import QRNNSeq2Seq
+from qrnn_deploy.vocab import CharVocab, PAD
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a de-en run. The defaults are the shipped model's (docs/results.md)."""
+    hidden_size: int = 256
+    num_layers: int = 4
+    embed_size: int = 64
+    encoder_window: list = field(default_factory=lambda: [6, 2, 2, 2])
+    decoder_window: int = 2
+    lr: float = 1e-3
+    lr_final: float = 0.1           # cosine decay to lr * lr_final at the end of a --minutes run
+    clip: float = 5.0
+    max_tokens: int = 6000          # padded (source + target) symbols per batch
+    max_chars: int = 150            # pairs longer than this (either side) are not trained on
+    vocab_min_count: int = 20       # rarer characters map to <unk>
+    seed: int = 1
+    valid_every_s: float = 300.0    # validate + checkpoint every so many seconds of training
+    valid_pairs: int = 1000         # validation loss on this many fixed valid pairs
+    log_samples: int = 3
+
+
+def build_model(cfg: TrainConfig, vocab_size: int) -> QRNNSeq2Seq:
+    return QRNNSeq2Seq(vocab_size, vocab_size, embed_size=cfg.embed_size, hidden_size=cfg.hidden_size,
+                       num_layers=cfg.num_layers, encoder_window=list(cfg.encoder_window),
+                       decoder_window=cfg.decoder_window, pooling="fo", zoneout=0.0, dropout=0.0)
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def loss_on(model, src_ids, src_len, tgt_in, tgt_out) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy over the real (non-pad) target symbols, and how many there were."""
+    logits = model(src_ids, src_len, tgt_in)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt_out.reshape(-1), ignore_index=PAD)
+    return loss, int((tgt_out != PAD).sum())
+
+
+@torch.no_grad()
+def evaluate_loss(model, src: Sequence, tgt: Sequence, max_tokens: int, device) -> float:
+    """Per-symbol cross-entropy (nats) of the pairs, in fixed order."""
+    model.eval()
+    batches = make_batches(src, tgt, max_tokens, random.Random(0))
+    total, n = 0.0, 0
+    for b in batches:
+        loss, k = loss_on(model, *collate(src, tgt, b, device))
+        total += float(loss) * k
+        n += k
+    model.train()
+    return total / max(n, 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Training state (everything but the model) for --resume.
+
+
+def save_train_state(out: Path, optimizer: torch.optim.Optimizer, info: dict) -> None:
+    """Adam moments + CPU RNG state as safetensors, the rest (step, epoch, ...) as JSON."""
+    from safetensors.torch import save_file
+
+    tensors = {"rng.torch": torch.get_rng_state()}
+    sd = optimizer.state_dict()
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{pid}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
+    tmp = out / "state.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    tmp.replace(out / "state.safetensors")
+    meta = dict(info, param_groups=[{k: v for k, v in g.items() if k != "params"} for g in sd["param_groups"]],
+                python_rng=_py_rng_to_json(info.pop("_py_rng", None)))
+    tmpj = out / "state.json.tmp"
+    tmpj.write_text(json.dumps(meta, indent=1))
+    tmpj.replace(out / "state.json")
+
+
+def load_train_state(out: Path, optimizer: torch.optim.Optimizer) -> dict:
+    from safetensors.torch import load_file
+
+    if not (out / "state.json").is_file() or not (out / "state.safetensors").is_file():
+        raise CheckpointError(f"--resume: {out} holds no training state (state.json / state.safetensors); "
+                              "start without --resume")
+    meta = json.loads((out / "state.json").read_text())
+    tensors = load_file(str(out / "state.safetensors"))
+    sd = optimizer.state_dict()
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    sd["state"] = state
+    for g, saved in zip(sd["param_groups"], meta["param_groups"]):
+        g.update({k: v for k, v in saved.items() if k != "params"})
+    optimizer.load_state_dict(sd)
+    torch.set_rng_state(tensors["rng.torch"])
+    return meta
+
+
+def _py_rng_to_json(state):
+    if state is None:
+        return None
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _py_rng_from_json(j):
+    return (j[0], tuple(j[1]), j[2])
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int
+    seconds: float
+    target_chars: int
+    best_valid_loss: float
+    parameters: int
+
+
+def prepare_data(splits: dict, cfg: TrainConfig, vocab: Optional[CharVocab] = None):
+    """(vocab, train src/tgt ids, valid src/tgt ids) from {'train': pairs, 'valid': pairs}."""
+    train = [(d, e) for d, e in splits["train"] if 0 < len(d) <= cfg.max_chars and 0 < len(e) <= cfg.max_chars]
+    if not train:
+        raise DataError("no training pairs (is the data file empty?)")
+    if vocab is None:
+        vocab = CharVocab.build((t for p in train for t in p), min_count=cfg.vocab_min_count)
+        if len(vocab) <= 4:
+            vocab = CharVocab.build(t for p in train for t in p)
+    valid = [(d, e) for d, e in splits.get("valid", []) if 0 < len(d) <= cfg.max_chars and 0 < len(e) <= cfg.max_chars]
+    valid = valid[:cfg.valid_pairs]
+    enc = vocab.encode
+    return (vocab, [enc(d) for d, _ in train], [enc(e) for _, e in train],
+            [enc(d) for d, _ in valid], [enc(e) for _, e in valid], valid)
+
+
+def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = None,
+          max_steps: Optional[int] = None, resume: bool = False, device: str = "cpu",
+          progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
+    """Trains a QRNNSeq2Seq on `splits` until `minutes` of training time or `max_steps` steps.
+
+    Writes checkpoints to `out_dir` every `cfg.valid_every_s` seconds and at the end.
+    """
+    if minutes is None and max_steps is None:
+        raise ConfigError("train: give --minutes or max_steps")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
+
+    meta = None
+    if resume:
+        if not (out / "last.safetensors").is_file():
+            raise CheckpointError(f"--resume: {out / 'last.safetensors'} does not exist; start without --resume")
+        model = load_checkpoint(out / "last.safetensors").train()
+        extra = model.extra
+        cfg = TrainConfig(**extra["train_config"])
+        vocab = CharVocab.from_json(extra["vocab"])
+    else:
+        torch.manual_seed(cfg.seed)
+        vocab = None
+    vocab, tr_src, tr_tgt, va_src, va_tgt, va_pairs = prepare_data(splits, cfg, vocab)
+    if not resume:
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg, len(vocab))
+    model.to(dev).train()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    step, epoch, pos, trained_s, chars_total, best = 0, 0, 0, 0.0, 0, math.inf
+    py_rng = random.Random(cfg.seed)
+    if resume:
+        meta = load_train_state(out, opt)
+        step, epoch, pos = meta["step"], meta["epoch"], meta["pos"]
+        trained_s, chars_total, best = meta["trained_s"], meta["target_chars"], meta["best_valid_loss"]
+        py_rng.setstate(_py_rng_from_json(meta["python_rng"]))
+    n_params = count_parameters(model)
+    log(f"model: QRNNSeq2Seq {cfg.num_layers}x{cfg.hidden_size}, windows enc {cfg.encoder_window} "
+        f"dec {cfg.decoder_window}, {n_params:,} parameters, vocab {len(vocab)}; "
+        f"{len(tr_src):,} training pairs, {len(va_src):,} validation pairs; device {dev}")
+
+    def extra_info():
+        return {"vocab": vocab.to_json(), "task": "de-en", "train_config": asdict(cfg),
+                "steps": step, "trained_seconds": round(trained_s, 1), "target_chars": chars_total,
+                "parameters": n_params}
+
+    # The epoch's batch order comes from py_rng's state at the epoch start (saved with the
+    # state), so a resumed run rebuilds exactly the same batches and skips the first `pos`.
+    epoch_rng_state = py_rng.getstate()
+    batches = make_batches(tr_src, tr_tgt, cfg.max_tokens, py_rng)
+    # The learning rate follows a cosine from 0 trained seconds to `deadline`; a resumed run
+    # continues the curve from where it stopped, stretched to its new end.
+    deadline = None if minutes is None else trained_s + minutes * 60.0
+
+    def checkpoint(reason: str):
+        nonlocal best
+        vloss = evaluate_loss(model, va_src, va_tgt, cfg.max_tokens, dev) if va_src else float("nan")
+        samples = []
+        if va_pairs and cfg.log_samples:
+            hyps = greedy_decode_batch(model, [vocab.encode(d) for d, _ in va_pairs[:cfg.log_samples]])
+            samples = [(d, e, vocab.decode(h)) for (d, e), h in zip(va_pairs, hyps)]
+        improved = va_src and vloss < best
+        if improved:
+            best = vloss
+        info = extra_info()
+        info["valid_loss"] = vloss
+        save_checkpoint(model, out / "last.safetensors", extra=info)
+        if improved or not (out / "best.safetensors").is_file():
+            save_checkpoint(model, out / "best.safetensors", extra=info)
+        save_train_state(out, opt, {"step": step, "epoch": epoch, "pos": pos, "trained_s": trained_s,
+                                    "target_chars": chars_total, "best_valid_loss": best,
+                                    "_py_rng": epoch_rng_state})
+        rec = {"step": step, "epoch": epoch, "trained_s": round(trained_s, 1), "target_chars": chars_total,
+               "valid_loss": vloss, "train_loss": run_loss, "reason": reason,
+               "samples": [list(s) for s in samples], "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        log(f"[{reason}] step {step} epoch {epoch} trained {trained_s / 60:.1f} min: valid loss {vloss:.3f} "
+            f"(best {best:.3f})" + "".join(f"\n    {d}  ->  {h}   (ref: {e})" for d, e, h in samples))
+
+    from contextlib import nullcontext
+    bar = None
+    if progress:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        bar = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                       TimeElapsedColumn(), TextColumn("{task.fields[info]}"), transient=False)
+    run_loss, last_ckpt = float("nan"), trained_s
+    win_chars, win_t = 0, time.perf_counter()
+    with (bar if bar is not None else nullcontext()):
+        task = bar.add_task("train", total=(minutes * 60 if minutes else max_steps), info="") if bar else None
+        t_prev = time.perf_counter()
+        steps_this_run = 0
+        while True:
+            if (max_steps is not None and steps_this_run >= max_steps) or (deadline is not None and trained_s >= deadline):
+                break
+            if pos >= len(batches):
+                epoch, pos = epoch + 1, 0
+                epoch_rng_state = py_rng.getstate()
+                batches = make_batches(tr_src, tr_tgt, cfg.max_tokens, py_rng)
+            if deadline is not None:
+                frac = min(1.0, trained_s / max(deadline, 1e-9))
+                for g in opt.param_groups:
+                    g["lr"] = cfg.lr * (cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * frac)))
+            b = batches[pos]
+            loss, k = loss_on(model, *collate(tr_src, tr_tgt, b, dev))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            opt.step()
+            step, pos, steps_this_run = step + 1, pos + 1, steps_this_run + 1
+            chars_total += k
+            win_chars += k
+            lv = float(loss)
+            run_loss = lv if math.isnan(run_loss) else 0.98 * run_loss + 0.02 * lv
+            now = time.perf_counter()
+            trained_s += now - t_prev
+            t_prev = now
+            if bar is not None:
+                rate = win_chars / max(now - win_t, 1e-9)
+                bar.update(task, completed=(trained_s - (deadline - minutes * 60) if minutes else steps_this_run),
+                           info=f"step {step} ep {epoch} loss {run_loss:.3f} {rate:,.0f} tgt chars/s")
+                if now - win_t > 30:
+                    win_chars, win_t = 0, now
+            if trained_s - last_ckpt >= cfg.valid_every_s:
+                checkpoint("periodic")
+                last_ckpt = trained_s
+                t_prev = time.perf_counter()  # validation time is not training time
+        checkpoint("end")
+    return TrainResult(out, step, trained_s, chars_total, best, n_params)
