@@ -188,7 +188,7 @@ def main():
                 print(f"{label:34s} {pct(ts, 50):8.3f} {pct(ts, 99):8.3f} {pct(base, 50) / pct(ts, 50):12.2f}x")
 
         print(f"\n2. last source chunk -> first target token, source of {a.src_len} in chunks of {a.chunk} (ms)")
-        print(f"{'':34s} {'first token':>12s} {'encoder, all chunks':>20s}")
+        print(f"{'':34s} {'first token':>12s} {'(best)':>8s} {'encoder, all chunks':>20s} {'(best)':>8s}")
         results = {}
         for label, fn in [("PyTorch eager", lambda inc, s: torch_first_token(model, s, a.chunk, inc))] + \
                 [(f"runtime ({v})", (lambda tr: lambda inc, s: runtime_first_token(tr, s, a.chunk, inc))(tr))
@@ -196,11 +196,15 @@ def main():
             for inc in (False, True):
                 fn(inc, sources[0])  # warm-up
                 runs = [fn(inc, sources[i % len(sources)]) for i in range(a.runs)]
-                results[(label, inc)] = (median([r[0] for r in runs]), median([r[1] for r in runs]))
-                first, enc = results[(label, inc)]
-                print(f"{label + (', incremental' if inc else ', re-encode'):34s} {first * 1e3:12.3f} {enc * 1e3:20.3f}")
-            (f0, e0), (f1, e1) = results[(label, False)], results[(label, True)]
-            print(f"{label + ': incremental speed-up':34s} {f0 / f1:11.2f}x {e0 / e1:19.2f}x")
+                # The best run is the cost without other processes' time slices (a shared machine).
+                results[(label, inc)] = (median([r[0] for r in runs]), min(r[0] for r in runs),
+                                         median([r[1] for r in runs]), min(r[1] for r in runs))
+                f, fb, e, eb = results[(label, inc)]
+                print(f"{label + (', incremental' if inc else ', re-encode'):34s} {f * 1e3:12.3f} {fb * 1e3:8.3f} "
+                      f"{e * 1e3:20.3f} {eb * 1e3:8.3f}")
+            r0, r1 = results[(label, False)], results[(label, True)]
+            print(f"{label + ': incremental speed-up':34s} " + " ".join(
+                f"{x / y:{w - 1}.2f}x" for x, y, w in zip(r0, r1, (12, 8, 20, 8))))
 
         print(f"\n3. {a.batch} concurrent greedy translations (sources of different lengths), per step (ms)")
         srcs = [rng.integers(4, a.vocab, size=int(n)).tolist() for n in np.linspace(a.src_len // 4, a.src_len, a.batch)]
