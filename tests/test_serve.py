@@ -543,3 +543,105 @@ def test_serve_imports_no_torch(bundle_dir):
             "assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+# -- the web page in headless Chromium ---------------------------------------------------------------
+
+CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.path.exists(p)), None)
+
+
+class CDP:
+    """A minimal Chrome DevTools Protocol client over the `websockets` package."""
+
+    def __init__(self, ws):
+        self.ws, self.n = ws, 0
+
+    async def call(self, method, **params):
+        self.n += 1
+        await self.ws.send(json.dumps({"id": self.n, "method": method, "params": params}))
+        while True:
+            m = json.loads(await self.ws.recv())
+            if m.get("id") == self.n:
+                if "error" in m:
+                    raise AssertionError(f"{method}: {m['error']}")
+                return m["result"]
+
+    async def eval(self, expr):
+        r = await self.call("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
+        return r["result"].get("value")
+
+    async def until(self, expr, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await self.eval(expr):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {expr}")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_web_page_in_headless_chromium(translator, tmp_path):
+    """Type a sentence on the page, see the tokens arrive one by one with their latency, screenshot."""
+    src = _long_source(translator, SOURCES)
+    want = translator.translate(src, max_len=MAX_LEN)
+    app = create_app(SlowTranslator(translator, 0.02), ServeConfig(max_len=MAX_LEN))
+    profile = tmp_path / "chromium-profile"
+    with ServerThread(app) as srv:
+        proc = subprocess.Popen([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                                 "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+                                 "--window-size=1280,900", "about:blank"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            port_file = profile / "DevToolsActivePort"
+            assert wait_for(lambda: port_file.exists() and port_file.read_text().strip(), timeout=60), \
+                "chromium did not open its DevTools port"
+            port = int(port_file.read_text().split()[0])
+            targets = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
+            page_ws = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+
+            async def main():
+                async with connect(page_ws, max_size=None) as ws:
+                    cdp = CDP(ws)
+                    await cdp.call("Page.enable")
+                    await cdp.call("Page.navigate", url=srv.url("/"))
+                    await cdp.until("document.getElementById('conn') && document.getElementById('conn').className === 'ok'")
+                    await cdp.eval("document.getElementById('src').focus()")
+                    await cdp.eval("window.arrivals = []; new MutationObserver(() => window.arrivals.push("
+                                   "[performance.now(), document.getElementById('out').children.length])).observe("
+                                   "document.getElementById('out'), {childList: true})")
+                    for piece in pieces_of(src, 3):  # typed in pieces, each sent as a source message
+                        await cdp.call("Input.insertText", text=piece)
+                        await asyncio.sleep(0.05)
+                    assert wait_for(lambda: srv.state.metrics.sessions.value() == 1)  # encoded while typing
+                    for kind in ("keyDown", "keyUp"):
+                        await cdp.call("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter",
+                                       windowsVirtualKeyCode=13)
+                    await cdp.until("document.body.dataset.done === '1'")
+                    out = await cdp.eval("document.getElementById('out').textContent")
+                    spans = await cdp.eval("[...document.querySelectorAll('#out span.tok')].map(s => s.title)")
+                    bars = await cdp.eval("document.querySelectorAll('#bars div').length")
+                    first = await cdp.eval("document.getElementById('s-first').textContent")
+                    arrivals = await cdp.eval("window.arrivals")
+                    hist = await cdp.eval("document.querySelector('#hist tr td:nth-child(2)').textContent")
+                    shot = await cdp.call("Page.captureScreenshot", format="png")
+                    return out, spans, bars, first, arrivals, hist, shot["data"]
+
+            out, spans, bars, first, arrivals, hist, png = run(main())
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    assert out == hist == want
+    assert len(spans) == bars == len(want) and all(" ms after the previous" in t for t in spans)
+    assert float(first) > 0
+    # tokens arrived over time, one decoder step (>= 20 ms here) apart, not all at once
+    assert len({round(t) for t, _ in arrivals}) >= 3 and arrivals[-1][0] - arrivals[0][0] >= 40
+    import base64
+
+    art = REPO / "test-artifacts"
+    art.mkdir(exist_ok=True)
+    (art / "serve_page.png").write_bytes(base64.b64decode(png))
+    assert (art / "serve_page.png").stat().st_size > 10_000
