@@ -30,12 +30,15 @@ def export(checkpoint: str = typer.Argument(..., help="A checkpoint written by q
            verify: bool = typer.Option(True, "--verify/--no-verify",
                                        help="Compare onnxruntime with the PyTorch model before writing the manifest.")):
     """Export a checkpoint as a bundle: manifest.json plus one streaming ONNX graph per role."""
-    from qrnn_deploy.errors import ExportError
-    from qrnn_deploy.export import export_bundle
-    from qrnn_deploy.nn import load_checkpoint
+    from qrnn_deploy.errors import CheckpointError, ExportError
 
     if fo_pool not in ("custom", "portable"):
         raise ExportError(f"--fo-pool must be 'custom' or 'portable', got {fo_pool!r}")
+    if not Path(checkpoint).is_file():  # before importing torch: a typo fails at once
+        raise CheckpointError(f"checkpoint not found: {checkpoint}")
+    from qrnn_deploy.export import export_bundle
+    from qrnn_deploy.nn import load_checkpoint
+
     model = load_checkpoint(checkpoint)
     manifest = export_bundle(model, out, fo_pool=fo_pool, opset=opset, verify=verify)
     out_dir = Path(out)

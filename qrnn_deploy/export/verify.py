@@ -244,8 +244,11 @@ def verify_graphs(model, paths: dict, specs: dict, variant: str, tol: float = DE
     runs, engine_name = make_runners({r: Path(p) for r, p in paths.items()}, variant, engine)
     errs = _Errors(tol)
     rng = np.random.default_rng(seed)
-    was_training = model.training
+    was_training, threads = model.training, torch.get_num_threads()
     model.eval()
+    # The verification inputs are tiny: one thread avoids thread hand-offs that cost more than
+    # the work (and fights with nothing else on a shared machine).
+    torch.set_num_threads(1)
     try:
         with torch.no_grad():
             if model.model_type == "seq2seq":
@@ -255,5 +258,6 @@ def verify_graphs(model, paths: dict, specs: dict, variant: str, tol: float = DE
                 _verify_stack(model, specs[role], runs[role], errs, rng, per_step=role == "lm")
     finally:
         model.train(was_training)
+        torch.set_num_threads(threads)
     return {"engine": engine_name, "tolerance": tol, "max_abs_error": errs.vs_torch,
             "max_chunked_vs_whole": errs.chunked, "cases": errs.cases}
