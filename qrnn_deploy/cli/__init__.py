@@ -11,6 +11,7 @@ from qrnn_deploy.cli import export  # noqa: F401  (export, info)
 from qrnn_deploy.cli import serve  # noqa: F401
 from qrnn_deploy.cli import bench  # noqa: F401
 from qrnn_deploy.cli import train  # noqa: F401  (train)
+from qrnn_deploy.cli import evaluate  # noqa: F401  (evaluate)
 from qrnn_deploy.errors import QRNNError
 
 

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import torch
 
+from qrnn_deploy.errors import ConfigError
 from qrnn_deploy.vocab import BOS, EOS, PAD
 
 
@@ -66,10 +67,12 @@ def collate(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], batch: S
 
 
 @torch.no_grad()
-def greedy_decode_batch(model, sources: Sequence[Sequence[int]], max_len: int = 200,
+def greedy_decode_batch(model, sources: Sequence[Sequence[int]], max_len=200,
                         batch_size: int = 64) -> list[list[int]]:
     """Greedy decoding of many sources at once; row by row the same rule as
     `QRNNSeq2Seq.greedy_decode` (argmax each step until </s>, which is not included).
+
+    max_len: an int for every row, or a callable source length -> that row's max_len.
 
     Sources are sorted by length so each batch pads little; the encoder is causal, so right
     padding never changes a real position, and the attention mask hides the padding.
@@ -88,22 +91,25 @@ def greedy_decode_batch(model, sources: Sequence[Sequence[int]], max_len: int = 
         for r, i in enumerate(rows):
             ids = sources[i]
             if len(ids) == 0:
-                raise ValueError("greedy_decode_batch: empty source")
+                raise ConfigError("greedy_decode_batch: empty source (nothing to translate)")
             src[r, :len(ids)] = torch.tensor(list(ids), dtype=torch.long)
             lengths[r] = len(ids)
         src, lengths = src.to(device), lengths.to(device)
         memory, cond, _ = model.encode(src, None, lengths)
         mask = torch.arange(S, device=device)[None, :] < lengths[:, None]
         tok = torch.full((B, 1), BOS, dtype=torch.long, device=device)
-        done = torch.zeros(B, dtype=torch.bool, device=device)
         out = [[] for _ in rows]
+        limits = torch.tensor([max_len(len(sources[i])) if callable(max_len) else max_len for i in rows],
+                              device=device)
+        done = limits <= 0
         state = None
-        for _ in range(max_len):
+        for step in range(int(limits.max())):
             logits, state = model.decode(tok, memory, mask, cond, state)
             nxt = logits[:, -1].argmax(-1)
             done |= nxt == EOS
             for r in (~done).nonzero().flatten().tolist():
                 out[r].append(int(nxt[r]))
+            done |= limits <= step + 1
             if bool(done.all()):
                 break
             tok = nxt.unsqueeze(1)

@@ -1,0 +1,69 @@
+"""Scoring translations of the de-en test split: sacrebleu BLEU and chrF beside copying the source.
+
+The copy-the-source baseline outputs the German text unchanged; German and English share many
+letters and words (names, cognates, loan words), so it scores far above zero and is the floor a
+translator must clear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Optional, Sequence
+
+from qrnn_deploy.data.dictionary import is_sentence
+
+
+def sample_pairs(pairs: Sequence[tuple[str, str]], limit: Optional[int]) -> list[tuple[str, str]]:
+    """`limit` pairs of `pairs` chosen by a stable hash (the same ones on every run), or all of them.
+
+    The sample is in the original order so that reading it follows the dictionary.
+    """
+    pairs = list(pairs)
+    if limit is None or limit >= len(pairs):
+        return pairs
+    key = lambda i: hashlib.sha1(f"{pairs[i][0]}\0{pairs[i][1]}".encode("utf-8")).digest()
+    keep = sorted(sorted(range(len(pairs)), key=key)[:max(0, limit)])
+    return [pairs[i] for i in keep]
+
+
+def score(hyps: Sequence[str], pairs: Sequence[tuple[str, str]]) -> dict:
+    """BLEU and chrF of `hyps` against the English side of `pairs`, and of the copy baseline.
+
+    One segment per pair (a German source with several English translations appears once per
+    pair, with the same hypothesis each time). Returns {"pairs", "bleu", "chrf", "copy_bleu",
+    "copy_chrf", "sentences": {same keys on the full-sentence subset, or None}}.
+    """
+    import sacrebleu
+
+    if len(hyps) != len(pairs):
+        raise ValueError(f"score: {len(hyps)} hypotheses for {len(pairs)} pairs")
+
+    def block(h, p):
+        if not p:
+            return None
+        refs = [[e for _, e in p]]
+        src = [d for d, _ in p]
+        return {"pairs": len(p),
+                "bleu": round(sacrebleu.corpus_bleu(list(h), refs).score, 2),
+                "chrf": round(sacrebleu.corpus_chrf(list(h), refs).score, 2),
+                "copy_bleu": round(sacrebleu.corpus_bleu(src, refs).score, 2),
+                "copy_chrf": round(sacrebleu.corpus_chrf(src, refs).score, 2)}
+
+    out = block(hyps, pairs)
+    sent = [i for i, (d, _) in enumerate(pairs) if is_sentence(d)]
+    out["sentences"] = block([hyps[i] for i in sent], [pairs[i] for i in sent])
+    return out
+
+
+def format_scores(s: dict) -> str:
+    """A few lines: model vs copy baseline, on all pairs and on the sentence subset."""
+    lines = [f"test pairs: {s['pairs']:,}",
+             f"  {'':12s} {'BLEU':>7s} {'chrF':>7s}",
+             f"  {'model':12s} {s['bleu']:7.2f} {s['chrf']:7.2f}",
+             f"  {'copy source':12s} {s['copy_bleu']:7.2f} {s['copy_chrf']:7.2f}"]
+    t = s.get("sentences")
+    if t:
+        lines += [f"full sentences among them: {t['pairs']:,}",
+                  f"  {'model':12s} {t['bleu']:7.2f} {t['chrf']:7.2f}",
+                  f"  {'copy source':12s} {t['copy_bleu']:7.2f} {t['copy_chrf']:7.2f}"]
+    return "\n".join(lines)
