@@ -12,6 +12,13 @@ A bundle is a directory with `manifest.json` and one ONNX graph per role:
 Every graph also takes its states `conv_state_{l}` [B, k_l - 1, d_l] (absent when k_l = 1) and
 `c_state_{l}` [B, H] and returns `conv_state_{l}_out` / `c_state_{l}_out` (DESIGN.md section 3).
 Shapes are lists of ints and symbols ("B", "T", "S").
+
+As written by qrnn_deploy.export (format version 1, no field added): layer indices l count from
+0; graph inputs are the non-state inputs in the order above, then per layer conv_state_{l}
+(when k_l > 1) and c_state_{l}; outputs likewise. `vocab` is one {"type": "char", ...} or, for
+seq2seq with two vocabularies, {"src": {...}, "tgt": {...}}. `metadata` may hold "created_by",
+"torch", "onnx", "sizes" (role -> bytes), "parameters", "labels" (classifier) and
+"verification" ({"engine", "tolerance", "max_abs_error", "max_chunked_vs_whole", "cases"}).
 """
 
 from __future__ import annotations
