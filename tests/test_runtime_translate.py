@@ -238,6 +238,9 @@ def test_decode_batch_equals_alone(translator):
         step += 1
     assert outs == alone
     assert [d.result for d in decoders] == alone
+    assert batch.step(decoders) == [[] for _ in decoders]  # finished decoders are skipped
+    with pytest.raises(StreamError, match="twice"):
+        batch.step([decoders[0], decoders[0]])
 
 
 def test_decode_batch_padding_keeps_logits(translator):

@@ -205,6 +205,8 @@ class DecodeBatch:
         """One decoding step for every decoder not yet done -> per decoder, its new final tokens."""
         live = [d for d in decoders if not d.done]
         out = {id(d): [] for d in decoders}
+        if len(out) != len(decoders):
+            raise StreamError("DecodeBatch.step: a decoder appears twice; each steps once per call")
         if live:
             rows = [d.num_rows for d in live]
             tgt = np.concatenate([d.next_tokens() for d in live])[:, None]
