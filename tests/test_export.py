@@ -119,13 +119,41 @@ def test_tied_weights_stored_once(tmp_path):
 
 @pytest.mark.parametrize("pooling", POOLINGS)
 def test_portable_on_reference_evaluator(pooling, tmp_path):
-    for model in (lm(pooling, True), seq2seq(pooling, 2)):
+    for model in (lm(pooling, True), classifier(pooling, False), seq2seq(pooling, 2)):
         out = tmp_path / model.model_type
         man = export_bundle(model, out, fo_pool="portable", verify=False)
         paths = {r: out / g.file for r, g in man.graphs.items()}
         v = verify_graphs(model, paths, man.graphs, "portable", tol=TOL, engine="reference")
         assert v["engine"].startswith("onnx.reference")
         _check_figures(v)
+
+
+def test_custom_graphs_on_reference_evaluator(tmp_path):
+    """The numpy FoPool lets custom-op graphs run without the native library (verify's fallback)."""
+    model = seq2seq("ifo", 6)
+    man = export_bundle(model, tmp_path, fo_pool="custom", verify=False)
+    paths = {r: tmp_path / g.file for r, g in man.graphs.items()}
+    _check_figures(verify_graphs(model, paths, man.graphs, "custom", tol=TOL, engine="reference"))
+
+
+def test_failed_verification_leaves_no_manifest(tmp_path, monkeypatch):
+    from qrnn_deploy.export import exporter
+
+    model = lm("fo", False)
+    export_bundle(model, tmp_path, fo_pool="portable", verify=False)
+    assert (tmp_path / "manifest.json").exists()
+
+    def broken(*args, **kw):
+        graphs = model_graphs(*args, **kw)
+        proto, _ = graphs["lm"]
+        w = next(i for i in proto.graph.initializer if i.name.startswith("out_bias"))
+        w.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(w) + 0.01, w.name))
+        return graphs
+
+    monkeypatch.setattr(exporter, "model_graphs", broken)
+    with pytest.raises(VerificationError):
+        export_bundle(model, tmp_path, fo_pool="portable")
+    assert not (tmp_path / "manifest.json").exists()  # the old manifest must not describe new graphs
 
 
 def test_custom_graph_structure():
