@@ -1,0 +1,62 @@
+"""scripts/gpu_check.py's own logic, run on the CPU with tiny sizes (--cpu --quick).
+
+The GPU parts (kernel C API, AOT PTX launch, CUDA events) need a device and are reported as
+skipped here; everything else (reference, parity bookkeeping, benchmarks, the markdown table)
+runs, and a deliberately wrong fo_pool must make the parity check fail.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_cpu_run_writes_the_report(gpu_check, tmp_path):
+    assert gpu_check.main(["--cpu", "--quick", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert res["parity"]["ok"] and res["parity"]["max_rel_error"]["op"]["cases"] == 72
+    assert res["parity"]["max_rel_error"]["c_api"] == "skipped (no GPU)"
+    assert {r["dtype"] for r in res["bandwidth"]} == {"float32", "float16"}
+    assert all(r["speedup"] > 0 for r in res["figure4"])
+    assert [r["model"] for r in res["lm_training"]] == ["QRNN", "LSTM"]
+    md = (tmp_path / "benchmarks-gpu.md").read_text()
+    assert "**PASS**" in md and "| 8 | **" in md and "Figure 4" in md and "| QRNN |" in md
+
+
+def test_parity_catches_a_wrong_kernel(gpu_check, monkeypatch):
+    real = gpu_check.fo_pool
+
+    def off_by_a_bit(gates, c0, pooling, batch_first, reverse):
+        h, c = real(gates, c0, pooling, batch_first, reverse)
+        return h * 1.01, c
+
+    monkeypatch.setattr(gpu_check, "fo_pool", off_by_a_bit)
+    res = gpu_check.parity(torch.device("cpu"), quick=True)
+    assert not res["ok"] and res["failures"][0]["path"] == "op"
+
+
+def test_unwritten_outputs_count_as_failures(gpu_check):
+    want = (torch.ones(2), None)
+    assert gpu_check.rel_errors((torch.full((2,), float("nan")), None), want)[0] == float("inf")
+    assert gpu_check.rel_errors((torch.ones(3), None), want)[0] == float("inf")
+
+
+def test_without_a_gpu_the_script_says_so(gpu_check, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert gpu_check.main(["--out", "/nonexistent-not-created"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
