@@ -320,3 +320,11 @@ def test_custom_variant_equals_portable_on_onnxruntime(tmp_path):
         outs[variant] = run(feeds)
     for k in outs["custom"]:
         np.testing.assert_allclose(outs["custom"][k], outs["portable"][k], atol=1e-5)
+
+
+def test_unloadable_graph_is_an_export_error(tmp_path):
+    m = lm("fo", False)
+    man = export_bundle(m, tmp_path, fo_pool="portable", verify=False)
+    (tmp_path / "lm.onnx").write_bytes(b"not an onnx graph")
+    with pytest.raises(ExportError, match="onnxruntime cannot load"):
+        verify_graphs(m, {"lm": tmp_path / "lm.onnx"}, man.graphs, "portable")

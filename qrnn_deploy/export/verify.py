@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from qrnn_deploy.errors import BuildError, VerificationError
+from qrnn_deploy.errors import BuildError, ExportError, QRNNError, VerificationError
 
 DEFAULT_TOL = 1e-4
 # (B, T) of whole-sequence cases, and the chunkings of a T = 9 sequence.
@@ -56,6 +56,16 @@ def ort_runner(path, custom_ops: bool, threads: Optional[int] = 1) -> Callable[[
     return lambda feeds: dict(zip(names, session.run(names, feeds)))
 
 
+def _guarded(run: Callable[[dict], dict], role: str) -> Callable[[dict], dict]:
+    def guarded(feeds: dict) -> dict:
+        try:
+            return run(feeds)
+        except Exception as e:  # onnxruntime raises its own types; say which graph and inputs
+            shapes = {k: list(np.shape(v)) for k, v in feeds.items()}
+            raise VerificationError(f"graph {role!r} failed in onnxruntime on inputs {shapes}: {e}") from None
+    return guarded
+
+
 def reference_runner(path) -> Callable[[dict], dict]:
     from qrnn_deploy.export.reference import reference_evaluator
 
@@ -70,12 +80,16 @@ def make_runners(paths: dict, variant: str, engine: str = "auto") -> tuple[dict,
     custom-op graphs when the custom-op library is not built)."""
     if engine in ("auto", "onnxruntime"):
         try:
-            runners = {r: ort_runner(p, variant == "custom") for r, p in paths.items()}
+            runners = {r: _guarded(ort_runner(p, variant == "custom"), r) for r, p in paths.items()}
             return runners, "onnxruntime"
         except BuildError as e:
             if engine == "onnxruntime" or variant != "custom":
                 raise
             reason = str(e)
+        except QRNNError:
+            raise
+        except Exception as e:  # onnxruntime's own exception types (unsupported opset, bad graph)
+            raise ExportError(f"onnxruntime cannot load the exported graphs: {e}") from None
     else:
         reason = "asked for"
     runners = {r: reference_runner(p) for r, p in paths.items()}
