@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from qrnn_deploy.errors import ConfigError
-from qrnn_deploy.nn import _cuda_kernels
+from qrnn_deploy.nn import _cpu_kernels, _cuda_kernels
 
 POOLING_GATES = {"f": 2, "fo": 3, "ifo": 4}
 
@@ -143,6 +143,10 @@ def _fo_pool_forward_impl(gates, c0, pooling, batch_first, reverse):
         out = _cuda_kernels.forward(gates, c0, pooling, batch_first, reverse)
         if out is not None:
             return out
+    else:  # float32 CPU: the shared native kernel (plugins/common); None when not built
+        out = _cpu_kernels.forward(gates, c0, pooling, batch_first, reverse)
+        if out is not None:
+            return out
     g, c0c = _prepare(gates, c0, batch_first, reverse)
     z, f, o, i, cs = _scan_forward(g, c0c, P, H)
     h = cs if P == 2 else o * cs
@@ -161,6 +165,10 @@ def _fo_pool_backward_impl(grad_h, grad_c_last, gates, c0, pooling, batch_first,
         return torch.zeros_like(gates), gc0
     if gates.is_cuda:
         out = _cuda_kernels.backward(grad_h, grad_c_last, gates, c0, pooling, batch_first, reverse)
+        if out is not None:
+            return out
+    else:
+        out = _cpu_kernels.backward(grad_h, grad_c_last, gates, c0, pooling, batch_first, reverse)
         if out is not None:
             return out
     g, c0c = _prepare(gates, c0, batch_first, reverse)
