@@ -1,0 +1,290 @@
+"""The C++ streaming runtime (runtime/): built with scripts/build_cpp_runtime.sh, run on bundles
+exported here. Its decoders must give the same tokens as the Python runtime and the PyTorch
+reference decoders (greedy and beam 4); chunked == whole and batched == alone inside C++; every
+error path is one line and exit code 2; one valgrind run is clean.
+
+Skips (with the reason) only when the build tools are missing: cmake, a C++17 compiler, or the
+nlohmann-json headers."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from qrnn_deploy.export import export_bundle
+from qrnn_deploy.nn import QRNNSeq2Seq
+from qrnn_deploy.runtime import load_bundle
+from qrnn_deploy.vocab import BOS, EOS, CharVocab
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD = Path(os.environ.get("QRNN_RUNTIME_BUILD_DIR", REPO / "runtime" / "build"))
+SRC_VOCAB = CharVocab.build(["abcdefghijklmnopqrstuvwxyz äöü"])
+TGT_VOCAB = CharVocab.build(["ABCDEFGHIJKLMNOP .!"])
+MAX_LEN = 24
+# Unknown characters (digits, '#'), a single character, and sources of very different lengths.
+SOURCES = ["guten morgen", "a", "wie geht es dir heute abend", "zwölf 12 # äöü", "ich", "xyz xyz xyz xyz"]
+
+
+def _missing_tools() -> list:
+    missing = [t for t in ("cmake",) if shutil.which(t) is None]
+    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        missing.append("a C++17 compiler")
+    if not Path("/usr/include/nlohmann/json.hpp").is_file():
+        missing.append("nlohmann-json headers (nlohmann-json3-dev)")
+    return missing
+
+
+@pytest.fixture(scope="module")
+def programs():
+    """Builds (or brings up to date) the runtime; returns {name: path}."""
+    missing = _missing_tools()
+    if missing:
+        pytest.skip(f"C++ runtime not built: missing {', '.join(missing)}")
+    r = subprocess.run(["bash", str(REPO / "scripts" / "build_cpp_runtime.sh")], capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, f"build_cpp_runtime.sh failed:\n{r.stdout}\n{r.stderr}"
+    progs = {n: BUILD / n for n in ("qrnn_translate", "qrnn_stream_bench", "qrnn_stream_check")}
+    for p in progs.values():
+        assert p.is_file(), f"{p} was not built"
+    return progs
+
+
+def make_model(seed: int = 2) -> QRNNSeq2Seq:
+    """A small random translator whose tokens vary with the source and the previous token, and
+    whose hypotheses sometimes end (</s> bias): untrained weights alone repeat one symbol."""
+    torch.manual_seed(seed)
+    m = QRNNSeq2Seq(len(SRC_VOCAB), len(TGT_VOCAB), embed_size=16, hidden_size=24, num_layers=2,
+                    encoder_window=[3, 2], decoder_window=[2, 2]).eval()
+    with torch.no_grad():
+        m.out.weight.mul_(7)
+        m.tgt_embed.weight.mul_(5)
+        m.src_embed.weight.mul_(3)
+        for c in m.cond_proj:
+            c.weight.mul_(4)
+        m.decoder[-1].attn_k.weight.mul_(3)
+        m.out.bias[EOS] += 0.5
+        m.out.bias[BOS] -= 20
+    return m
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model()
+
+
+@pytest.fixture(scope="module")
+def bundles(model, tmp_path_factory):
+    """{"custom": ..., "portable": ...} bundles of the same model. The custom variant needs the
+    FoPool custom-op library (scripts/build_plugins.sh, run by setup); the portable one uses
+    standard operators only. Both carry a (source, target) vocabulary pair."""
+    root = tmp_path_factory.mktemp("cpp_bundles")
+    out = {}
+    for variant in ("custom", "portable"):
+        export_bundle(model, root / variant, fo_pool=variant, verify=False, vocab=(SRC_VOCAB, TGT_VOCAB))
+        out[variant] = root / variant
+    return out
+
+
+def run(prog, *args, stdin="", env=None, timeout=120):
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([str(prog), *map(str, args)], input=stdin, capture_output=True, text=True, timeout=timeout,
+                          env=e)
+
+
+def translate_ids(programs, bundle, *args, sources=SOURCES):
+    r = run(programs["qrnn_translate"], bundle, "--ids", "--max-len", MAX_LEN, "--threads", 1, *args,
+            stdin="".join(s + "\n" for s in sources))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split("\n")
+    assert lines[-1] == "" and len(lines) == len(sources) + 1, r.stdout
+    return [[int(t) for t in line.split()] for line in lines[:-1]]
+
+
+@pytest.fixture(scope="module")
+def python_reference(bundles, model):
+    """Per beam: tokens of the Python runtime, which must equal the PyTorch reference decoders."""
+    tr = load_bundle(bundles["custom"], threads=1).translator()
+    ref = {}
+    for beam in (1, 4):
+        py = [tr.translate_ids(s, beam=beam, max_len=MAX_LEN) for s in SOURCES]
+        pt = [model.greedy_decode(SRC_VOCAB.encode(s), MAX_LEN) if beam == 1 else
+              model.beam_search(SRC_VOCAB.encode(s), beam, MAX_LEN) for s in SOURCES]
+        assert py == pt, "the Python runtime disagrees with the PyTorch reference"
+        ref[beam] = py
+    return ref
+
+
+def test_model_makes_varied_translations(python_reference):
+    # Guards the parity tests against a degenerate model (every source -> the same tokens).
+    for beam, toks in python_reference.items():
+        assert len({tuple(t) for t in toks}) >= 4, toks
+        assert any(len(t) < MAX_LEN for t in toks), "no hypothesis ever ended with </s>"
+        assert any(len(set(t)) >= 3 for t in toks), toks
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+@pytest.mark.parametrize("variant", ["custom", "portable"])
+def test_translate_matches_python_runtime(programs, bundles, python_reference, beam, variant):
+    assert translate_ids(programs, bundles[variant], "--beam", beam) == python_reference[beam]
+
+
+def test_translate_text_output(programs, bundles):
+    tr = load_bundle(bundles["custom"], threads=1).translator()
+    for beam in (1, 4):
+        r = run(programs["qrnn_translate"], bundles["custom"], "--beam", beam, "--max-len", MAX_LEN,
+                stdin="".join(s + "\r\n" for s in SOURCES) + "\n")
+        assert r.returncode == 0, r.stderr
+        want = [tr.translate(s, beam=beam, max_len=MAX_LEN) for s in SOURCES] + [""]  # empty line -> empty line
+        assert r.stdout == "".join(w + "\n" for w in want)
+
+
+def test_incremental_encoding_and_batching_give_the_same_tokens(programs, bundles, python_reference):
+    b = bundles["custom"]
+    for chunk in (1, 3):
+        assert translate_ids(programs, b, "--src-chunk", chunk) == python_reference[1]
+        assert translate_ids(programs, b, "--src-chunk", chunk, "--beam", 4) == python_reference[4]
+    # Greedy decoding of 4 lines per batch (padded memories, finished rows dropped), 2 batches.
+    assert translate_ids(programs, b, "--batch", 4) == python_reference[1]
+
+
+def test_stream_check_chunked_equals_whole_and_batched_equals_alone(programs, bundles):
+    for variant, seed in (("custom", 0), ("portable", 5)):
+        r = run(programs["qrnn_stream_check"], bundles[variant], "--seed", seed, "--len", 13, "--tol", "1e-5")
+        assert r.returncode == 0, r.stdout + r.stderr
+        lines = r.stdout.strip().split("\n")
+        assert lines[-1] == "OK"
+        checks = [l for l in lines if l.endswith(" ok")]
+        # encoder: memory, cond_0, cond_1, 4 states, batched; decoder: logits, 4 states, batched;
+        # greedy_batch == greedy.
+        assert len(checks) == 15, r.stdout
+
+
+def test_tokens_are_written_as_they_are_decoded(programs, bundles):
+    # One line in, stdin still open: its translation must come out before the input ends.
+    p = subprocess.Popen([str(programs["qrnn_translate"]), str(bundles["custom"]), "--ids", "--max-len", str(MAX_LEN)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        p.stdin.write(SOURCES[0] + "\n")
+        p.stdin.flush()
+        line = p.stdout.readline()
+        assert line.endswith("\n") and line.split(), line
+        p.stdin.close()
+        assert p.wait(timeout=60) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_stream_bench_reports_latency(programs, bundles):
+    r = run(programs["qrnn_stream_bench"], bundles["custom"], "--tokens", 30, "--warmup", 3, "--json")
+    assert r.returncode == 0, r.stderr
+    fig = json.loads(r.stdout)
+    assert fig["tokens"] == 30 and fig["threads"] == 1 and fig["source_length"] > 0
+    assert 0 < fig["p50_ms"] <= fig["p90_ms"] <= fig["p99_ms"]
+
+
+def _one_line_error(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    err = r.stderr.strip()
+    assert err and "\n" not in err, r.stderr
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def _copy_bundle(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_error_paths_are_one_line_and_exit_2(programs, bundles, tmp_path):
+    tr = programs["qrnn_translate"]
+    good = bundles["custom"]
+    _one_line_error(run(tr, tmp_path / "nope", stdin="a\n"), "not a directory")
+    _one_line_error(run(tr, tmp_path, stdin="a\n"), "manifest.json is missing")
+
+    missing_graph = _copy_bundle(good, tmp_path / "missing_graph")
+    (missing_graph / "decoder.onnx").unlink()
+    _one_line_error(run(tr, missing_graph, stdin="a\n"), "decoder", "missing")
+
+    bad_json = _copy_bundle(good, tmp_path / "bad_json")
+    (bad_json / "manifest.json").write_text("{ not json")
+    _one_line_error(run(tr, bad_json, stdin="a\n"), "not valid JSON")
+
+    manifest = json.loads((good / "manifest.json").read_text())
+    cases = {
+        "version": (lambda m: m.update(format_version=99), "version 99 is not supported"),
+        "format": (lambda m: m.update(format="something-else"), "not a qrnn-deploy bundle"),
+        "no_decoder": (lambda m: m["graphs"].pop("decoder"), "needs graph 'decoder'"),
+        "dtype": (lambda m: m["graphs"]["encoder"]["inputs"][0].update(dtype="complex64"), "unknown dtype"),
+        "shape": (lambda m: m["graphs"]["encoder"]["inputs"][0].update(shape="B,T"), "malformed shape"),
+        "graphs_type": (lambda m: m.update(graphs=[1, 2]), "malformed manifest"),
+        "state_name": (lambda m: m["graphs"]["decoder"]["states"][0].update(name="c_state_9"), "re-export"),
+        "model_type": (lambda m: m.update(model_type="language_model", graphs={"lm": m["graphs"]["encoder"]}),
+                       "needs a seq2seq bundle"),
+    }
+    for name, (edit, needle) in cases.items():
+        d = _copy_bundle(good, tmp_path / name)
+        m = json.loads(json.dumps(manifest))
+        edit(m)
+        (d / "manifest.json").write_text(json.dumps(m))
+        _one_line_error(run(tr, d, stdin="a\n"), needle)
+
+    corrupt = _copy_bundle(good, tmp_path / "corrupt")
+    (corrupt / "encoder.onnx").write_bytes(b"\x00garbage" * 10)
+    _one_line_error(run(tr, corrupt, stdin="a\n"), "cannot load graph encoder")
+
+    _one_line_error(run(tr, good, "--custom-op-library", tmp_path / "no.so", stdin="a\n"), "does not exist")
+    _one_line_error(run(tr, good, stdin="a\n", env={"QRNN_ORT_LIBRARY": str(tmp_path / "no.so")}), "QRNN_ORT_LIBRARY")
+    _one_line_error(run(tr, good, "--backend", "tensorrt", stdin="a\n"), "TensorRT")
+
+
+@pytest.mark.parametrize("args, needle", [
+    ([], "expected one BUNDLE"),
+    (["--beam", "0"], "--beam must be between"),
+    (["--beam", "x"], "--beam must be an integer"),
+    (["--max-len"], "--max-len needs a value"),
+    (["--frobnicate"], "unknown option --frobnicate"),
+    (["--beam", "2", "--batch", "3"], "--batch is for greedy"),
+])
+def test_bad_arguments(programs, bundles, args, needle):
+    bundle = [] if needle.startswith("expected one BUNDLE") else [bundles["custom"]]
+    _one_line_error(run(programs["qrnn_translate"], *bundle, *args, stdin="a\n"), needle)
+    for prog in ("qrnn_stream_bench", "qrnn_stream_check"):
+        r = run(programs[prog], bundles["custom"], "--frobnicate")
+        assert r.returncode == 2 and "\n" not in r.stderr.strip()
+
+
+VALGRIND = ["valgrind", "-q", "--error-exitcode=99", "--leak-check=full", "--errors-for-leak-kinds=definite",
+            "--show-leak-kinds=definite", f"--suppressions={REPO / 'runtime' / 'valgrind.supp'}"]
+
+
+def _valgrind(args, stdin=""):
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not installed")
+    r = subprocess.run(VALGRIND + [str(a) for a in args], input=stdin, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return r
+
+
+def test_valgrind_clean(programs, bundles):
+    """A short beam run (incremental source chunks, beam reordering, token output) under memcheck:
+    no invalid access, no definite leak. Reports raised inside libonnxruntime itself are
+    suppressed (runtime/valgrind.supp lists them); its 'possibly lost' blocks (thread pools,
+    static registries) are not counted as errors."""
+    r = _valgrind([programs["qrnn_translate"], bundles["custom"], "--ids", "--max-len", 4, "--beam", 2,
+                   "--src-chunk", 2], stdin="abc\n")
+    assert len(r.stdout.split("\n")) == 2
+
+
+@pytest.mark.slow
+def test_valgrind_clean_stream_check(programs, bundles):
+    """Batched streams, greedy_batch (padding, dropped rows) and chunked encoding under memcheck."""
+    r = _valgrind([programs["qrnn_stream_check"], bundles["custom"], "--len", 5])
+    assert r.stdout.strip().endswith("OK")
