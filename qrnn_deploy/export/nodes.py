@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+import onnx
 from onnx import TensorProto, helper
 
 from qrnn_deploy.errors import ExportError
@@ -96,6 +97,6 @@ def _portable(b: GraphBuilder, gates: str, c0: str, pooling: str, H: int, h_out:
     return h_out, c_last
 
 
-def _float(name: str, shape) -> "onnx.ValueInfoProto":
+def _float(name: str, shape) -> onnx.ValueInfoProto:
     # Subgraph values need a rank for the checker; unknown dims stay unnamed.
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)

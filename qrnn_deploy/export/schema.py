@@ -87,19 +87,16 @@ def fo_pool_schema() -> defs.OpSchema:
                  P("c_last", "T", "cell state after the last processed step [B, H]")],
         type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"],
                            "float32, float16 (fp32 arithmetic) or bfloat16")],
-        attributes=[A("pooling", defs_string("fo"), "'f', 'fo' or 'ifo'"),
-                    A("batch_first", defs_int(0), "1: gates and h are [B, T, ...]"),
-                    A("reverse", defs_int(0), "1: process t = T-1..0")],
+        attributes=[A("pooling", _default("fo"), "'f', 'fo' or 'ifo'"),
+                    A("batch_first", _default(0), "1: gates and h are [B, T, ...]"),
+                    A("reverse", _default(0), "1: process t = T-1..0")],
     )
     schema.set_type_and_shape_inference_function(_infer)
     return schema
 
 
-def defs_string(value: str) -> onnx.AttributeProto:
-    return onnx.helper.make_attribute("", value)
-
-
-def defs_int(value: int) -> onnx.AttributeProto:
+def _default(value) -> onnx.AttributeProto:
+    # OpSchema.Attribute takes its default value as an (unnamed) AttributeProto.
     return onnx.helper.make_attribute("", value)
 
 
