@@ -379,3 +379,16 @@ def test_runtime_runs_without_torch(bundle_dir, refs):
     assert out["torch_modules"] == [] and out["nn"] == []
     assert out["greedy"] == refs["greedy"][:4]
     assert out["beam"] == refs["beam"][:4]
+
+
+def test_checkpoint_export_translate_end_to_end(model, tmp_path):
+    """checkpoint -> `qrnn-deploy export` -> `qrnn-deploy translate`, the vocabulary carried along."""
+    from qrnn_deploy.nn import save_checkpoint
+
+    ckpt = save_checkpoint(model, tmp_path / "m.safetensors", extra={"vocab": VOCAB.to_json()})
+    r = subprocess.run([sys.executable, "-m", "qrnn_deploy", "export", str(ckpt), "-o", str(tmp_path / "b"),
+                        "--fo-pool", "portable", "--no-verify"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    r = _cli(str(tmp_path / "b"), "pond", "--beam", "4", "--max-len", str(MAX_LEN))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == VOCAB.decode(model.beam_search(VOCAB.encode("pond"), 4, MAX_LEN)) + "\n"
