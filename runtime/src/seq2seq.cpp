@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "qrnn/decoders.hpp"
 #include "qrnn/decoding.hpp"
 #include "qrnn/errors.hpp"
 
@@ -32,15 +33,6 @@ std::vector<std::string> cond_names_of(const std::vector<std::string>& names, co
 
 void require(bool ok, const std::string& msg) {
   if (!ok) throw BundleError(msg);
-}
-
-const float* last_step_logits(const Tensor& logits, int64_t row, std::vector<float>& scratch) {
-  // logits [B, Tc, V]: the row's last step.
-  const int64_t Tc = logits.dim(1), V = logits.dim(2);
-  const int64_t offset = (row * Tc + Tc - 1) * V;
-  if (logits.dtype() == DType::Float32) return logits.data<float>() + offset;
-  scratch = take_rows(logits, {row}).to_floats();
-  return scratch.data() + (Tc - 1) * V;
 }
 
 }  // namespace
@@ -144,101 +136,36 @@ Tensor Translator::decode_step(const Tensor& tgt, const Tensor& memory, const Te
   return logits;
 }
 
-static void check_encoded(const Encoded& src, std::size_t layers) {
+void check_encoded(const Encoded& src, std::size_t layers) {
   if (src.length() < 1) throw ConfigError("the source is empty: nothing to translate");
   if (src.memory.dim(0) != 1 || src.cond.size() != layers)
     throw StreamError("an Encoded source must hold one stream (memory [1, S, H]) and one cond per layer");
 }
 
+const float* last_step_logits(const Tensor& logits, int64_t row, std::vector<float>& scratch) {
+  // logits [B, Tc, V]: the row's last step.
+  const int64_t Tc = logits.dim(1), V = logits.dim(2);
+  const int64_t offset = (row * Tc + Tc - 1) * V;
+  if (logits.dtype() == DType::Float32) return logits.data<float>() + offset;
+  scratch = take_rows(logits, {row}).to_floats();
+  return scratch.data() + (Tc - 1) * V;
+}
+
 std::vector<int64_t> Translator::greedy(const Encoded& src, int max_len, const TokenCallback& on_token) {
-  check_encoded(src, cond_names_.size());
-  const SpecialTokens& sp = manifest_.special;
-  const Tensor mask = memory_mask({src.length()}, src.length());
-  States states = decoder_->zero_states(1);
-  std::vector<int64_t> out;
-  std::vector<float> scratch;
-  int64_t tok = sp.bos;
-  for (int step = 0; step < max_len; ++step) {
-    const Tensor tgt = Tensor::from_ids({tok}, {1, 1});
-    const Tensor logits = decode_step(tgt, src.memory, mask, src.cond, states);
-    tok = argmax(last_step_logits(logits, 0, scratch), logits.dim(2));
-    if (tok == sp.eos) break;
-    out.push_back(tok);
-    if (on_token) on_token(tok);
-  }
-  return out;
+  GreedyDecoder d(*this, src, max_len);
+  while (!d.done())
+    for (int64_t tok : d.step())
+      if (on_token) on_token(tok);
+  return d.result();
 }
 
 std::vector<int64_t> Translator::beam_search(const Encoded& src, int beam, int max_len, double length_penalty,
                                              const TokenCallback& on_token) {
-  if (beam < 1) throw ConfigError("beam must be >= 1, got " + std::to_string(beam));
-  check_encoded(src, cond_names_.size());
-  const SpecialTokens& sp = manifest_.special;
-  std::vector<Hypothesis> live{{0.0, {}}}, finished;
-  States states = decoder_->zero_states(1);
-  Tensor memory, mask;
-  std::vector<Tensor> cond;
-  int64_t rows = 0;  // the batch `memory`, `mask` and `cond` are expanded to
-  std::size_t emitted = 0;
-  std::vector<Candidate> live_next, fin;
-  std::vector<float> scratch;
-  for (int step = 0; step < max_len; ++step) {
-    const int64_t K = static_cast<int64_t>(live.size());
-    if (K != rows) {  // every hypothesis attends to the same source: repeat it K times
-      memory = repeat_row(src.memory, 0, K);
-      mask = memory_mask(std::vector<int64_t>(static_cast<std::size_t>(K), src.length()), src.length());
-      cond.clear();
-      for (const Tensor& c : src.cond) cond.push_back(repeat_row(c, 0, K));
-      rows = K;
-    }
-    std::vector<int64_t> toks;
-    std::vector<double> scores;
-    for (const Hypothesis& h : live) {
-      toks.push_back(h.tokens.empty() ? sp.bos : h.tokens.back());
-      scores.push_back(h.score);
-    }
-    const Tensor logits = decode_step(Tensor::from_ids(toks, {K, 1}), memory, mask, cond, states);
-    const int64_t V = logits.dim(2);
-    std::vector<double> logp(static_cast<std::size_t>(K * V));
-    for (int64_t k = 0; k < K; ++k) {
-      const std::vector<double> row = log_softmax(last_step_logits(logits, k, scratch), V);
-      std::copy(row.begin(), row.end(), logp.begin() + k * V);
-    }
-    beam_step(scores, logp, V, beam, static_cast<int64_t>(finished.size()), step + 1 == max_len, sp.eos, live_next, fin);
-    for (const Candidate& c : fin) {
-      Hypothesis h{c.score, live[c.parent].tokens};
-      if (c.symbol != sp.eos) h.tokens.push_back(c.symbol);
-      finished.push_back(std::move(h));
-    }
-    if (live_next.empty()) break;
-    std::vector<Hypothesis> next;
-    std::vector<int64_t> parents;
-    for (const Candidate& c : live_next) {
-      Hypothesis h{c.score, live[c.parent].tokens};
-      h.tokens.push_back(c.symbol);
-      next.push_back(std::move(h));
-      parents.push_back(c.parent);
-    }
-    live = std::move(next);
-    states = select_states(states, parents);
-    if (on_token) {
-      // A token is final once every live and finished hypothesis agrees on it: the best is a
-      // finished one, and every later finished hypothesis extends a live one.
-      std::size_t common = live[0].tokens.size();
-      auto agree = [&](const std::vector<int64_t>& t) {
-        std::size_t i = 0;
-        while (i < common && i < t.size() && t[i] == live[0].tokens[i]) ++i;
-        common = i;
-      };
-      for (const Hypothesis& h : live) agree(h.tokens);
-      for (const Hypothesis& h : finished) agree(h.tokens);
-      for (; emitted < common; ++emitted) on_token(live[0].tokens[emitted]);
-    }
-  }
-  std::vector<int64_t> best = best_hypothesis(finished, length_penalty);
-  if (on_token)
-    for (; emitted < best.size(); ++emitted) on_token(best[emitted]);
-  return best;
+  BeamDecoder d(*this, src, beam, max_len, length_penalty);
+  while (!d.done())
+    for (int64_t tok : d.step())
+      if (on_token) on_token(tok);
+  return d.result();
 }
 
 std::vector<std::vector<int64_t>> Translator::greedy_batch(const std::vector<Encoded>& srcs, int max_len) {

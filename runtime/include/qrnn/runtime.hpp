@@ -7,6 +7,7 @@
 #pragma once
 
 #include "qrnn/backend.hpp"
+#include "qrnn/decoders.hpp"
 #include "qrnn/decoding.hpp"
 #include "qrnn/errors.hpp"
 #include "qrnn/graph.hpp"
