@@ -89,7 +89,11 @@ def fo_pool_schema() -> defs.OpSchema:
                            "float32, float16 (fp32 arithmetic) or bfloat16")],
         attributes=[A("pooling", _default("fo"), "'f', 'fo' or 'ifo'"),
                     A("batch_first", _default(0), "1: gates and h are [B, T, ...]"),
-                    A("reverse", _default(0), "1: process t = T-1..0")],
+                    A("reverse", _default(0), "1: process t = T-1..0"),
+                    # Read by TensorRT's ONNX parser to find the FoPool plugin (qrnn_deploy.export.tensorrt_nodes);
+                    # every other backend ignores them.
+                    A("plugin_version", AT.STRING, "TensorRT plugin version (\"1\")", required=False),
+                    A("plugin_namespace", AT.STRING, "TensorRT plugin namespace (\"qrnn\")", required=False)],
     )
     schema.set_type_and_shape_inference_function(_infer)
     return schema
