@@ -140,6 +140,29 @@ def test_random_chunkings_equal_one_pass(translator):
             assert list(ts.tokens(beam=beam, max_len=MAX_LEN)) == ref_tokens[beam]
 
 
+def test_feed_batch_equals_feeding_alone(translator):
+    """Sources of different lengths fed in chunks, several translations per encoder call, starting
+    at different times: memory, cond and tokens equal each fed alone."""
+    rng = np.random.default_rng(4)
+    srcs, starts = [SOURCES[i] for i in (5, 1, 7, 3)], [0, 0, 1, 2]
+    plans = [[src[a:b] for a, b in _chunkings(len(src), rng, 1)[0]] for src in srcs]
+    streams = [translator.stream() for _ in srcs]
+    tick = 0
+    while any(tick < s + len(p) for s, p in zip(starts, plans)):
+        items = [(ts, p[tick - s]) for ts, p, s in zip(streams, plans, starts) if s <= tick < s + len(p)]
+        assert translator.feed_batch(items) == [ts.source_length for ts, _ in items]
+        tick += 1
+    for ts, src in zip(streams, srcs):
+        alone = translator.stream()
+        alone.feed(src)
+        np.testing.assert_allclose(ts.memory, alone.memory, atol=1e-5, rtol=0)
+        for n in alone.cond:
+            np.testing.assert_allclose(ts.cond[n], alone.cond[n], atol=1e-5, rtol=0)
+        assert list(ts.tokens(beam=4, max_len=MAX_LEN)) == list(alone.tokens(beam=4, max_len=MAX_LEN))
+    with pytest.raises(StreamError, match="ended"):
+        translator.feed_batch([(streams[0], [5])])
+
+
 def test_encoder_memory_matches_pytorch(translator, model):
     src = SOURCES[5]
     ts = translator.stream()

@@ -20,7 +20,7 @@ import numpy as np
 
 from qrnn_deploy.errors import BundleError, StreamError
 from qrnn_deploy.runtime.decoders import MEMORY, MEMORY_MASK, BeamDecoder, DecodeBatch, GreedyDecoder
-from qrnn_deploy.runtime.stream import Chunk, Stream
+from qrnn_deploy.runtime.stream import Chunk, Stream, StreamBatch
 
 
 class Translator:
@@ -46,6 +46,17 @@ class Translator:
     def decode_batch(self) -> DecodeBatch:
         """A DecodeBatch on this bundle's decoder graph (steps many translations per call)."""
         return DecodeBatch(self.decoder, self.cond_names)
+
+    def feed_batch(self, items) -> list:
+        """Encodes source chunks of many translations at once: items [(TranslationStream, chunk)];
+        streams whose chunks have the same length share one encoder call (StreamBatch). Same
+        result as feeding each alone. Returns each stream's source length so far."""
+        for ts, _ in items:
+            ts._check_feedable()
+        outs = StreamBatch(self.encoder).feed([(ts._enc, chunk) for ts, chunk in items])
+        for (ts, _), out in zip(items, outs):
+            ts._absorb(out)
+        return [ts.source_length for ts, _ in items]
 
     def token_text(self, tok: int) -> str:
         return self.tgt_vocab.token_text(tok) if self.tgt_vocab is not None else f" {tok}"
@@ -122,15 +133,21 @@ class TranslationStream:
     def feed(self, chunk: Chunk) -> int:
         """Encodes `chunk` (text or ids, any length; unknown symbols -> <unk>). Returns the source
         length so far."""
+        self._check_feedable()
+        self._absorb(self._enc.feed(chunk))
+        return self._enc.steps
+
+    def _check_feedable(self) -> None:
         self._check_open()
         if self.ended:
             raise StreamError("this translation's source has ended (decoding started); reset() for a new one")
-        out = self._enc.feed(chunk)
+
+    def _absorb(self, out: Optional[dict]) -> None:
+        # Keep the chunk's memory; cond_{l} of the latest chunk is that of the whole source so far.
         if out is not None:
             self._chunks.append(out[MEMORY])
             self._memory = None
             self.cond = {n: out[n] for n in self.translator.cond_names}
-        return self._enc.steps
 
     def decoder(self, beam: int = 1, max_len: int = 200, length_penalty: float = 1.0):
         """Ends the source; a decoder for it (greedy when beam == 1) with zero decoder states."""
