@@ -1,0 +1,175 @@
+"""de-en data, `train` / `evaluate` / `quickstart` on tiny data, and the shipped pretrained model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from qrnn_deploy.cli import main
+from qrnn_deploy.data import dictionary as dic
+from qrnn_deploy.data.dictionary import ParseStats, parse_lines, split_of, split_pairs
+from qrnn_deploy.errors import DataError
+
+# Written for this test (not taken from the dictionary), in the dictionary's format.
+EXCERPT = """\
+# Version :: test
+Haus {n} [arch.] | Häuser {pl} :: house | houses
+Apfel {m}; Paradiesapfel {m} (Tomate) [bot.] :: apple; love apple [archaic]
+Fahrrad {n}; Rad {n}; Velo {n} [Schw.] :: bicycle; bike
+Tisch {m} | Tische {pl} :: table
+etw. (sehr (schnell)) erledigen {vt} <erledigen> :: to get sth. done (quickly)
+kaputt (ugs. :: broken
+Das ist’s. :: That’s it.
+Geld ausgeben | ... ausgeben :: to spend money | to spend ...
+der ~ Weg :: the ~ way
+Es ist nicht / Es ist kein Problem. :: It is not a problem.
+Katze {f} :: cat
+Katze {f} :: cat
+"""
+
+
+def test_parser_rules():
+    st = ParseStats()
+    pairs = parse_lines(EXCERPT.splitlines(), st)
+    assert ("Haus", "house") in pairs and ("Häuser", "houses") in pairs  # sub-entries aligned by |
+    # same number of synonyms: paired by position; annotations {} [] () removed
+    assert ("Apfel", "apple") in pairs and ("Paradiesapfel", "love apple") in pairs
+    assert ("Apfel", "love apple") not in pairs
+    # different numbers: every German synonym gets the first (primary) English one
+    assert [p for p in pairs if p[1] in ("bicycle", "bike")] == [("Fahrrad", "bicycle"), ("Rad", "bicycle"),
+                                                                 ("Velo", "bicycle")]
+    assert st.misaligned == 1 and not any(d.startswith("Tisch") for d, _ in pairs)  # 2 vs 1 sub-entries
+    assert ("etw. erledigen", "to get sth. done") in pairs  # nested () and <> removed
+    assert st.unbalanced == 1 and not any(d.startswith("kaputt") for d, _ in pairs)
+    assert ("Das ist's.", "That's it.") in pairs  # typographic apostrophe normalised
+    assert ("Geld ausgeben", "to spend money") in pairs
+    assert not any("..." in d or "~" in d or " / " in d for d, _ in pairs)
+    assert pairs.count(("Katze", "cat")) == 1 and st.duplicates == 1
+    assert st.comments == 1
+    assert all(d == d.strip() and "  " not in d and e == e.strip() for d, e in pairs)
+
+
+def test_split_is_stable_and_grouped_by_german():
+    pairs = [(f"Wort{i % 50}", f"word {i}") for i in range(500)]
+    a, b = split_pairs(pairs), split_pairs(list(pairs))
+    assert a == b
+    where = {}
+    for name, ps in a.items():
+        for d, _ in ps:
+            assert where.setdefault(d, name) == name  # one German string, one split
+    # Pinned: changing the split (seed, hash, fractions) must be a deliberate act.
+    assert [split_of(w) for w in ("Haus", "Katze", "Guten Morgen.")] == ["train", "train", "train"]
+    many = split_pairs([(f"x{i}", "y") for i in range(20000)])
+    assert 250 < len(many["test"]) < 550 and 250 < len(many["valid"]) < 550
+
+
+def test_missing_dictionary_says_how_to_install(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(dic, "DEFAULT_PATH", tmp_path / "nope")
+    with pytest.raises(DataError, match="apt-get install trans-de-en"):
+        dic.load_splits()
+    for argv in (["train", "--steps", "1", "--out", str(tmp_path / "r")],
+                 ["quickstart", "--train-minutes", "0.01", "--out", str(tmp_path / "q")]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "apt-get install trans-de-en" in err
+
+
+@pytest.fixture(scope="module")
+def tiny_dict(tmp_path_factory) -> Path:
+    """A synthetic dictionary: made-up words with a learnable letter mapping."""
+    p = tmp_path_factory.mktemp("dict") / "de-en.txt"
+    lines = []
+    for i in range(600):
+        w = "".join("abcdefghij"[int(c)] for c in str(i * 7 + 11))
+        lines.append(f"{w.capitalize()}wort {{n}} | {w}worte {{pl}} :: {w} word | {w} words")
+    p.write_text("# test\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    return p
+
+
+TINY = ["--hidden", "16", "--layers", "2", "--max-tokens", "400", "--valid-every", "100000", "--no-progress",
+        "--threads", "1"]
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def test_train_resume_evaluate(tiny_dict, tmp_path, capsys):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    main_ok = lambda argv: _run_ok(argv)
+    main_ok(["train", "--steps", "4", "--out", str(straight), "--data-file", str(tiny_dict), *TINY])
+    main_ok(["train", "--steps", "2", "--out", str(split), "--data-file", str(tiny_dict), *TINY])
+    st = json.loads((split / "state.json").read_text())
+    assert st["step"] == 2 and st["pos"] == 2
+    main_ok(["train", "--steps", "2", "--resume", "--out", str(split), "--data-file", str(tiny_dict), *TINY])
+    assert json.loads((split / "state.json").read_text())["step"] == 4
+    # Resuming gives exactly the weights of an uninterrupted run (same batches, Adam moments, RNG).
+    a, b = _weights(straight / "last.safetensors"), _weights(split / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(l) for l in (split / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 4] and all(r["valid_loss"] > 0 for r in log)
+
+    capsys.readouterr()
+    main_ok(["evaluate", str(split / "best.safetensors"), "--data-file", str(tiny_dict), "--limit", "6",
+             "--json", str(tmp_path / "s.json")])
+    out = capsys.readouterr().out
+    assert "copy source" in out and "chrF" in out
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["pairs"] == 6 and 0 <= s["chrf"] <= 100 and s["copy_chrf"] > 0
+
+
+def _run_ok(argv):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code in (0, None), argv
+
+
+def test_resume_without_state_is_a_clear_error(tiny_dict, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--steps", "1", "--resume", "--out", str(tmp_path / "none"), "--data-file", str(tiny_dict)])
+    assert e.value.code == 2 and "--resume" in capsys.readouterr().err
+
+
+def test_batched_greedy_matches_greedy_decode():
+    from qrnn_deploy.nn import QRNNSeq2Seq
+    from qrnn_deploy.nn.batching import greedy_decode_batch
+
+    torch.manual_seed(0)
+    m = QRNNSeq2Seq(12, 12, embed_size=8, hidden_size=16, num_layers=2).eval()
+    gen = torch.Generator().manual_seed(1)
+    srcs = [torch.randint(4, 12, (n,), generator=gen).tolist() for n in (1, 3, 7, 7, 12, 5, 2)]
+    want = [m.greedy_decode(s, max_len=15) for s in srcs]
+    assert greedy_decode_batch(m, srcs, max_len=15, batch_size=4) == want
+    # per-row limits: rows of one batch stop at different steps
+    assert greedy_decode_batch(m, srcs, max_len=lambda n: n) == [m.greedy_decode(s, max_len=len(s)) for s in srcs]
+
+
+def test_quickstart_reduced(tiny_dict, tmp_path, capsys):
+    out = tmp_path / "qs"
+    _run_ok(["quickstart", "--out", str(out), "--train-minutes", "0.02", "--data-file", str(tiny_dict),
+             "--hidden", "16", "--layers", "2", "--limit", "8", "--examples", "2", "--threads", "1"])
+    text = capsys.readouterr().out
+    for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]", "qrnn-deploy translate", "qrnn-deploy serve"):
+        assert step in text
+    s = json.loads((out / "quickstart.json").read_text())
+    assert (out / "bundle" / "manifest.json").is_file() and s["verification"]
+    assert s["scores"]["pairs"] == 8 and len(s["examples"]) == 2
+
+
+def test_shipped_model_loads_and_translates():
+    from qrnn_deploy.cli.quickstart import pretrained_path
+    from qrnn_deploy.nn import load_checkpoint
+    from qrnn_deploy.vocab import CharVocab
+
+    m = load_checkpoint(pretrained_path())
+    assert m.model_type == "seq2seq" and m.extra["task"] == "de-en"
+    vocab = CharVocab.from_json(m.extra["vocab"])
+    out = vocab.decode(m.greedy_decode(vocab.encode("Haus"), max_len=30))
+    assert out and set(out) <= set(vocab.symbols)
