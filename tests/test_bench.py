@@ -65,6 +65,9 @@ def test_bench_smoke_cli_writes_csv_json_pngs(tmp_path):
     assert d["targets"]["stream_latency_2x_below_torch"]["total"] == 2  # H=32 x windows (1, 2)
     assert any("ONNX LSTM vs torch.nn.LSTM" in n for n in d["notes"])
 
+    md = (out / "bench.md").read_text()
+    assert "| H | B | T |" in md and "Targets:" in md
+
     import matplotlib
 
     matplotlib.use("Agg")

@@ -26,9 +26,9 @@ SMOKE_ENV = "QRNN_BENCH_SMOKE"
 def run(mode: str = "full", threads: Optional[int] = None, out_dir="bench-results", console=None,
         show_progress: bool = True, plots: bool = True) -> dict:
     """Runs preset `mode` ('full', 'quick', 'smoke'), prints the tables, writes
-    out_dir/{bench.csv, bench.json, encode_speedup_heatmap.png, stream_latency.png}.
+    out_dir/{bench.csv, bench.json, bench.md, encode_speedup_heatmap.png, stream_latency.png}.
 
-    Returns {"csv", "json", "heatmap", "latency": Path, "result": BenchResult, "targets": dict}.
+    Returns {"csv", "json", "markdown", "heatmap", "latency": Path, "result": BenchResult, "targets": dict}.
     """
     from rich.console import Console
 
@@ -46,7 +46,8 @@ def run(mode: str = "full", threads: Optional[int] = None, out_dir="bench-result
     tgt = report.targets(recs)
     report.render(res, recs, tgt, console)
     paths = {"csv": report.write_csv(recs, out / "bench.csv"),
-             "json": report.write_json(res, recs, tgt, out / "bench.json")}
+             "json": report.write_json(res, recs, tgt, out / "bench.json"),
+             "markdown": report.write_markdown(res, recs, tgt, out / "bench.md")}
     if plots:
         paths["heatmap"] = plotting.speedup_heatmap(recs, out / "encode_speedup_heatmap.png", cfg.layers)
         paths["latency"] = plotting.latency_bars(recs, out / "stream_latency.png", cfg.stream_batch)

@@ -56,6 +56,11 @@ def _held_bundle(recs: list) -> str | None:
     return next((n for n in PREFERRED_BUNDLES if n in names), None)
 
 
+def _geomean(xs) -> float | None:
+    xs = [x for x in xs if x and x > 0 and math.isfinite(x)]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
+
+
 def targets(recs: list) -> dict:
     """The three targets of issue 11, each with met/total and the figures behind it."""
     bundle = _held_bundle(recs)
@@ -68,11 +73,14 @@ def targets(recs: list) -> dict:
     out["encode_within_15pct_of_matmuls"] = {
         "target": f"{bundle} encoding time <= {OVERHEAD_TARGET} x its matrix products alone",
         "met": sum(r["time_over_matmuls"] <= OVERHEAD_TARGET for r in over), "total": len(over),
+        "geomean": _geomean(r["time_over_matmuls"] for r in over), "geomean_of": "time / matmul time",
         "cases": [{k: r[k] for k in ("H", "window", "B", "T", "time_over_matmuls")} for r in over]}
     mac = [r for r in enc if r.get("speedup_vs_lstm_ort") and r.get("mac_ratio_vs_lstm")]
     out["speedup_at_least_mac_ratio"] = {
         "target": f"{bundle} speedup over lstm-ort >= LSTM MACs / QRNN MACs",
         "met": sum(r["speedup_vs_lstm_ort"] >= r["mac_ratio_vs_lstm"] for r in mac), "total": len(mac),
+        "geomean": _geomean(r["speedup_vs_lstm_ort"] / r["mac_ratio_vs_lstm"] for r in mac),
+        "geomean_of": "speedup / MAC ratio",
         "cases": [{k: r[k] for k in ("H", "window", "B", "T", "speedup_vs_lstm_ort", "mac_ratio_vs_lstm")}
                   for r in mac]}
     cases = []
@@ -85,7 +93,8 @@ def targets(recs: list) -> dict:
                               "torch_p50_ms": t["p50_ms"], "ratio": t["p50_ms"] / r["p50_ms"]})
     out["stream_latency_2x_below_torch"] = {
         "target": f"{bundle} per-token p50 at batch 1 >= {STREAM_TARGET}x below PyTorch eager QRNN",
-        "met": sum(c["ratio"] >= STREAM_TARGET for c in cases), "total": len(cases), "cases": cases}
+        "met": sum(c["ratio"] >= STREAM_TARGET for c in cases), "total": len(cases), "cases": cases,
+        "geomean": _geomean(c["ratio"] for c in cases), "geomean_of": "PyTorch p50 / bundle p50"}
     return out
 
 
@@ -183,6 +192,61 @@ def render(res: BenchResult, recs: list, tgt: dict, console) -> None:
         if name in tgt:
             x = tgt[name]
             mark = "[green]met[/]" if x["total"] and x["met"] == x["total"] else "[red]not met[/]"
-            console.print(f"  {x['target']}: {x['met']}/{x['total']} cases ({mark})")
+            console.print(f"  {x['target']}: {x['met']}/{x['total']} cases ({mark}); geometric mean of "
+                          f"{x['geomean_of']}: {_f(x['geomean'], '.2f')}")
     for n in res.notes:
         console.print(f"  [dim]note: {n}[/]")
+
+
+# ----------------------------------------------------------------------------------------------
+# Markdown (what docs/benchmarks.md quotes).
+
+
+def write_markdown(res: BenchResult, recs: list, tgt: dict, path: Path) -> Path:
+    """The same tables as `render`, as Markdown."""
+    fl, m, cfg = res.floors, res.meta, res.config
+    lines = [f"Run {m.get('started_utc', '?')} on {m.get('host', '?')} ({m.get('cpu_count')} CPUs, "
+             f"{cfg.threads} threads; load average {_f(m.get('load_avg_1m_start'), '.1f')} -> "
+             f"{_f(m.get('load_avg_1m_end'), '.1f')}); torch {m.get('torch')}, onnxruntime {m.get('onnxruntime')}.",
+             "", f"Floors: onnxruntime MatMul {fl['ort_gemm_gflops']:.1f} GFLOP/s, numpy matmul "
+             f"{fl['numpy_gemm_gflops']:.1f} GFLOP/s (n = {fl['gemm_n']}), copy {fl['copy_gbs']:.1f} GB/s "
+             "(read + write).", ""]
+    enc = [r for r in recs if r["section"] == "encode"]
+    for k in cfg.windows:
+        lines += [f"Encoding, window {k} ({cfg.layers} layers): LSTM-ort tokens/s and each contender's "
+                  "speedup over it; MACs = LSTM / QRNN multiply-adds; /MM = custom-op bundle time / its "
+                  "matrix products alone.", "",
+                  "| H | B | T | LSTM-ort tok/s | torch LSTM | custom | portable | torch QRNN | MACs | /MM |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for (H, B, T) in sorted({(r["H"], r["B"], r["T"]) for r in enc}):
+            row = {r["impl"]: r for r in enc if (r["H"], r["B"], r["T"]) == (H, B, T) and r["window"] in (None, k)}
+            base = row.get(BASELINE) or {}
+            held = row.get("qrnn-custom") or row.get("qrnn-portable") or {}
+            cells = [_f(row.get(n, {}).get("speedup_vs_lstm_ort"), ".2f", "x")
+                     for n in ("lstm-torch", "qrnn-custom", "qrnn-portable", "qrnn-torch")]
+            lines.append(f"| {H} | {B} | {T} | {_f(base.get('tokens_per_s'), ',.0f')} | " + " | ".join(cells)
+                         + f" | {_f(held.get('mac_ratio_vs_lstm'), '.2f', 'x')} | "
+                           f"{_f(held.get('time_over_matmuls'), '.2f', 'x')} |")
+        lines.append("")
+    lines += [f"Streaming decode (one token per call, carried states): batch 1 latency, batch "
+              f"{cfg.stream_batch} throughput; ratios to LSTM-ort.", "",
+              f"| H | k | impl | p50 ms | p99 ms | vs LSTM-ort | B={cfg.stream_batch} tok/s | vs LSTM-ort |",
+              "|---|---|---|---|---|---|---|---|"]
+    thr = {_key(r, "H", "window", "impl"): r for r in recs if r["section"] == "stream_batch"}
+    for r in sorted((r for r in recs if r["section"] == "stream_latency"),
+                    key=lambda r: (r["H"], r["window"] or 0, r["family"] != "lstm")):
+        b = thr.get(_key(r, "H", "window", "impl"), {})
+        lines.append(f"| {r['H']} | {'-' if r['window'] is None else r['window']} | {r['impl']} | "
+                     f"{_f(r['p50_ms'], '.3f')} | {_f(r['p99_ms'], '.3f')} | {_f(r.get('speedup_vs_lstm_ort'), '.2f', 'x')} | "
+                     f"{_f(b.get('tokens_per_s'), ',.0f')} | {_f(b.get('speedup_vs_lstm_ort'), '.2f', 'x')} |")
+    lines += ["", "Targets:", ""]
+    for name in ("encode_within_15pct_of_matmuls", "speedup_at_least_mac_ratio", "stream_latency_2x_below_torch"):
+        if name in tgt:
+            x = tgt[name]
+            lines.append(f"- {x['target']}: {x['met']}/{x['total']} cases; geometric mean of {x['geomean_of']}: "
+                         f"{_f(x['geomean'], '.2f')}")
+    if "note" in tgt:
+        lines.append(f"- {tgt['note']}")
+    lines += [f"- note: {n}" for n in res.notes]
+    path.write_text("\n".join(lines) + "\n")
+    return path

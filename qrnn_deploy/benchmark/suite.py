@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import platform
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
@@ -55,8 +54,8 @@ class BenchConfig:
 
 
 PRESETS = {
-    "full": dict(batches=(1, 8, 32), steps=(32, 128, 512), hiddens=(256, 512), rounds=9, min_rounds=4,
-                 case_budget_s=10.0, stream_tokens=100, stream_blocks=5, stream_rounds=30),
+    "full": dict(batches=(1, 8, 32), steps=(32, 128, 512), hiddens=(256, 512), rounds=15, min_rounds=5,
+                 case_budget_s=12.0, stream_tokens=100, stream_blocks=5, stream_rounds=30),
     "quick": dict(batches=(1, 8, 32), steps=(32, 128), hiddens=(256,), rounds=10, min_rounds=3,
                   case_budget_s=4.0, stream_tokens=40, stream_blocks=3, stream_rounds=12),
     "smoke": dict(batches=(1, 2), steps=(8,), hiddens=(32,), windows=(1, 2), rounds=2, min_rounds=1,

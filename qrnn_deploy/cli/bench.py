@@ -13,7 +13,7 @@ from qrnn_deploy.cli.app import app
 def bench(quick: bool = typer.Option(False, "--quick", help="Fewer sizes and repeats: under 2 minutes on 2 cores."),
           threads: Optional[int] = typer.Option(None, "--threads", help="Threads for onnxruntime and PyTorch "
                                                 "(default: all cores)."),
-          out: Path = typer.Option(Path("bench-results"), "--out", help="Directory for bench.csv, bench.json "
+          out: Path = typer.Option(Path("bench-results"), "--out", help="Directory for bench.csv, bench.json, bench.md "
                                    "and the PNG plots."),
           no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG plots."),
           smoke: bool = typer.Option(False, "--smoke", hidden=True, help="Seconds-long run for tests "
