@@ -10,7 +10,7 @@ import torch
 from qrnn_deploy.errors import BundleError, ConfigError, StreamError
 from qrnn_deploy.export import export_bundle
 from qrnn_deploy.nn import QRNNClassifier, QRNNLanguageModel
-from qrnn_deploy.runtime import (OrtRunner, Stream, StreamBatch, load_bundle, pick_token, register_backend,
+from qrnn_deploy.runtime import (OrtRunner, StreamBatch, load_bundle, pick_token, register_backend,
                                  stack_states, split_states)
 from qrnn_deploy.vocab import UNK, CharVocab
 

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from qrnn_deploy.bundle import load_manifest
 from qrnn_deploy.errors import BuildError, BundleError, ConfigError, StreamError
 from qrnn_deploy.export import export_bundle
 from qrnn_deploy.nn import QRNNSeq2Seq
@@ -220,6 +219,7 @@ def test_tokens_are_emitted_as_soon_as_final(translator):
         ts = translator.stream()
         ts.feed(src)
         d = ts.decoder(beam=4, max_len=MAX_LEN)
+        assert isinstance(d, BeamDecoder)
         batch = translator.decode_batch()
         got = []
         while not d.done:
@@ -232,6 +232,7 @@ def test_tokens_are_emitted_as_soon_as_final(translator):
         ts = translator.stream()
         ts.feed(src)
         g = ts.decoder(beam=1, max_len=MAX_LEN)
+        assert isinstance(g, GreedyDecoder)
         while not g.done:
             new = batch.step([g])[0]
             assert len(new) == 1 or (g.done and not new)
