@@ -28,7 +28,16 @@ def export(checkpoint: str = typer.Argument(..., help="A checkpoint written by q
                                             "library at run time); portable: standard ONNX operators only."),
            opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default 17)."),
            verify: bool = typer.Option(True, "--verify/--no-verify",
-                                       help="Compare onnxruntime with the PyTorch model before writing the manifest.")):
+                                       help="Compare onnxruntime with the PyTorch model before writing the manifest."),
+           tensorrt: bool = typer.Option(False, "--tensorrt",
+                                         help="Give FoPool nodes the plugin_version / plugin_namespace attributes "
+                                              "TensorRT's ONNX parser uses to find the FoPool plugin."),
+           triton: Optional[str] = typer.Option(None, "--triton",
+                                                help="Also write a Triton model repository (onnxruntime backend, "
+                                                     "sequence batching with implicit state) in this directory."),
+           triton_op_library: Optional[str] = typer.Option(
+               None, "--triton-op-library", help="Path of libqrnn_ort.so on the Triton server (custom FoPool; "
+                                                 "default: the library built here).")):
     """Export a checkpoint as a bundle: manifest.json plus one streaming ONNX graph per role."""
     from qrnn_deploy.errors import CheckpointError, ExportError
 
@@ -40,7 +49,10 @@ def export(checkpoint: str = typer.Argument(..., help="A checkpoint written by q
     from qrnn_deploy.nn import load_checkpoint
 
     model = load_checkpoint(checkpoint)
-    manifest = export_bundle(model, out, fo_pool=fo_pool, opset=opset, verify=verify)
+    from qrnn_deploy.export.tensorrt_nodes import tensorrt_node_attrs
+
+    manifest = export_bundle(model, out, fo_pool=fo_pool, opset=opset, verify=verify,
+                             node_attrs=tensorrt_node_attrs() if tensorrt else None)
     out_dir = Path(out)
     typer.echo(f"wrote {out_dir}/ ({manifest.model_type}, fo_pool={manifest.fo_pool}, opset {manifest.opset})")
     for role, g in manifest.graphs.items():
@@ -53,6 +65,15 @@ def export(checkpoint: str = typer.Argument(..., help="A checkpoint written by q
                    f"max |chunked - whole| = {v['max_chunked_vs_whole']:.2e} (tolerance {v['tolerance']:g})")
     else:
         typer.echo("not verified (--no-verify)")
+    if triton:
+        from qrnn_deploy.export.triton import write_model_repository
+
+        if fo_pool == "custom" and not triton_op_library:
+            from qrnn_deploy import _native
+
+            triton_op_library = _native.ort_library_path()
+        for cfg in write_model_repository(out_dir, triton, op_library=triton_op_library):
+            typer.echo(f"wrote Triton model {cfg.parent.name}: {cfg}")
 
 
 @app.command()
