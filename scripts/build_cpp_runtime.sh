@@ -6,7 +6,8 @@
 # (scripts/build_plugins.sh finds or fetches them; it is run here when it has not been).
 # onnxruntime library: QRNN_ORT_SHARED_LIBRARY when set, otherwise the libonnxruntime.so inside the
 # installed onnxruntime Python wheel. The FoPool custom-op library of the plugin build becomes the
-# runtime's default (an app can still name another one, or set $QRNN_ORT_LIBRARY).
+# runtime's default (an app can still name another one, or set $QRNN_ORT_LIBRARY); so does its
+# TensorRT plugin when built. The TensorRT backend is compiled when TensorRT is found (TensorRT_ROOT).
 # Other knobs: QRNN_RUNTIME_BUILD_DIR (default runtime/build), QRNN_RUNTIME_CMAKE_ARGS (extra cmake
 # arguments, e.g. -DQRNN_SANITIZE=address), QRNN_JOBS (parallel compile jobs, default 2).
 # Exit status 0 when built; 1 with a one-line reason otherwise.
@@ -47,6 +48,8 @@ fi
 
 custom=""
 [ -f "$PLUGIN_BUILD/libqrnn_ort.so" ] && custom="$PLUGIN_BUILD/libqrnn_ort.so"
+trt_plugin=""
+[ -f "$PLUGIN_BUILD/libqrnn_trt_plugin.so" ] && trt_plugin="$PLUGIN_BUILD/libqrnn_trt_plugin.so"
 
 generator=()
 command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
@@ -56,6 +59,7 @@ fi
 # shellcheck disable=SC2086
 cmake -S "$ROOT/runtime" -B "$BUILD" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DQRNN_ORT_INCLUDE_DIR="$inc" -DQRNN_ORT_LIBRARY="$lib" -DQRNN_DEFAULT_ORT_LIBRARY="$custom" \
+  -DQRNN_DEFAULT_TRT_PLUGIN_LIBRARY="$trt_plugin" \
   ${QRNN_RUNTIME_CMAKE_ARGS:-} >/dev/null || die "cmake configure failed: rerun it without >/dev/null to see why"
 nice cmake --build "$BUILD" -j "${QRNN_JOBS:-2}" >/dev/null || die "compile failed: rerun 'cmake --build $BUILD' to see the errors"
 echo "build_cpp_runtime: built qrnn_translate qrnn_stream_bench qrnn_stream_check in $BUILD (onnxruntime $lib)"

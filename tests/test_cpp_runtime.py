@@ -288,3 +288,49 @@ def test_valgrind_clean_stream_check(programs, bundles):
     """Batched streams, greedy_batch (padding, dropped rows) and chunked encoding under memcheck."""
     r = _valgrind([programs["qrnn_stream_check"], bundles["custom"], "--len", 5])
     assert r.stdout.strip().endswith("OK")
+
+
+# -- TensorRT backend: no TensorRT here, so it is compiled against a hand-written subset of the
+# documented TensorRT 10 runtime API (tests/trt_runtime_api_subset/). That checks syntax and types
+# only; the backend has not run against NVIDIA's headers or a real engine.
+
+CUDA_INCLUDE = Path("/usr/local/cuda/include")
+
+
+def _cache_value(key: str) -> str:
+    for line in (BUILD / "CMakeCache.txt").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return line.split("=", 1)[1]
+    raise AssertionError(f"{key} not in {BUILD / 'CMakeCache.txt'}")
+
+
+@pytest.mark.skipif(not (CUDA_INCLUDE / "cuda_runtime_api.h").is_file(), reason="needs the CUDA headers")
+def test_tensorrt_backend_compiles_against_the_documented_api_subset(programs):
+    cxx = shutil.which("g++") or shutil.which("clang++")
+    for src in ("trt_backend.cpp", "ort_backend.cpp"):  # ort_backend.cpp holds make_backend's TensorRT branch
+        cmd = ["nice", cxx, "-std=c++17", "-Wall", "-Wextra", "-Werror", "-fsyntax-only", "-DQRNN_HAVE_TENSORRT",
+               "-I", str(REPO / "runtime" / "include"), "-I", str(REPO / "tests" / "trt_runtime_api_subset"),
+               "-I", str(CUDA_INCLUDE), "-I", _cache_value("QRNN_ORT_INCLUDE_DIR"),
+               str(REPO / "runtime" / "src" / src)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs the CUDA toolkit (CMake's CUDAToolkit)")
+def test_cmake_builds_the_tensorrt_backend_only_with_tensorrt(programs, tmp_path):
+    def configure(build, *extra):
+        r = subprocess.run(["nice", "cmake", "-S", str(REPO / "runtime"), "-B", str(build),
+                            f"-DQRNN_ORT_INCLUDE_DIR={_cache_value('QRNN_ORT_INCLUDE_DIR')}",
+                            f"-DQRNN_ORT_LIBRARY={_cache_value('QRNN_ORT_LIBRARY')}", *extra],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout
+
+    assert "TensorRT backend OFF" in configure(tmp_path / "none", f"-DTensorRT_ROOT={tmp_path / 'missing'}")
+    fake = tmp_path / "trt"
+    (fake / "include").mkdir(parents=True)
+    (fake / "lib").mkdir()
+    shutil.copy(REPO / "tests" / "trt_runtime_api_subset" / "NvInferRuntime.h", fake / "include")
+    (fake / "lib" / "libnvinfer.so").write_bytes(b"")  # found by name only; nothing is built here
+    assert "TensorRT backend ON" in configure(tmp_path / "with", f"-DTensorRT_ROOT={fake}")
