@@ -36,26 +36,37 @@ def speedup_heatmap(recs: list, path: Path, layers: int) -> Path:
     Ts = sorted({r["T"] for r in enc})
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(3.2 * max(1, len(panels)) + 0.8, 3.2),
                              squeeze=False)
-    vmax = max([r.get("speedup_vs_lstm_ort") or 1.0 for r in enc if r["impl"] == bundle] + [2.0])
+    # A log scale centred on 1x: slower-than-LSTM cells red, faster blue, one outlier cannot wash
+    # out the rest (values beyond the range are clipped in colour, the label still says them).
+    from matplotlib.colors import LogNorm
+
+    vals = [r["speedup_vs_lstm_ort"] for r in enc if r["impl"] == bundle and r.get("speedup_vs_lstm_ort")]
+    span = min(16.0, max([4.0] + [max(v, 1.0 / v) for v in vals]))
+    norm = LogNorm(vmin=1.0 / span, vmax=span, clip=True)
     im = None
-    for ax, (H, k) in zip(axes[0], panels):
+    for n, (ax, (H, k)) in enumerate(zip(axes[0], panels)):
         grid = np.full((len(Bs), len(Ts)), np.nan)
         for r in enc:
             if r["impl"] == bundle and r["H"] == H and r["window"] == k and r.get("speedup_vs_lstm_ort"):
                 grid[Bs.index(r["B"]), Ts.index(r["T"])] = r["speedup_vs_lstm_ort"]
-        im = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=vmax, origin="lower", aspect="auto")
+        im = ax.imshow(grid, cmap="RdBu", norm=norm, origin="lower", aspect="auto")
         for i in range(len(Bs)):
             for j in range(len(Ts)):
                 if np.isfinite(grid[i, j]):
+                    far = abs(np.log(grid[i, j])) > 0.6 * np.log(span)
                     ax.text(j, i, f"{grid[i, j]:.1f}x", ha="center", va="center",
-                            color="white" if grid[i, j] < 0.6 * vmax else "black", fontsize=9)
+                            color="white" if far else "black", fontsize=9)
         ax.set_xticks(range(len(Ts)), [str(t) for t in Ts])
         ax.set_yticks(range(len(Bs)), [str(b) for b in Bs])
         ax.set_xlabel("sequence length T")
-        ax.set_ylabel("batch size B")
+        if n == 0:
+            ax.set_ylabel("batch size B")
         ax.set_title(f"H={H}, window {k}", fontsize=10)
     if im is not None:
-        fig.colorbar(im, ax=axes[0].tolist(), label=f"speedup over {BASELINE}")
+        cb = fig.colorbar(im, ax=axes[0].tolist(), label=f"speedup over {BASELINE} (log scale)")
+        ticks = [t for t in (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8, 16) if 1 / span <= t <= span]
+        cb.set_ticks(ticks, labels=[f"{t:g}x" for t in ticks])
+        cb.minorticks_off()
     fig.suptitle(f"{bundle} vs onnxruntime LSTM, {layers}-layer LM encoding", fontsize=11, y=1.06)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
