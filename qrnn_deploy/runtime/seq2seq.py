@@ -35,7 +35,7 @@ class Translator:
         if MEMORY not in self.encoder.output_names:
             raise BundleError(f"{bundle.path}: the encoder graph has no {MEMORY!r} output")
         need = set(self.decoder.input_specs) - {self.decoder.token_input, MEMORY, MEMORY_MASK}
-        if MEMORY not in self.decoder.input_specs or need != set(self.cond_names):
+        if not {MEMORY, MEMORY_MASK} <= set(self.decoder.input_specs) or need != set(self.cond_names):
             raise BundleError(f"{bundle.path}: the decoder inputs {sorted(self.decoder.input_specs)} do not match "
                               f"the encoder outputs {self.encoder.output_names}; re-export the bundle")
         self.src_vocab, self.tgt_vocab = bundle.src_vocab, bundle.tgt_vocab
