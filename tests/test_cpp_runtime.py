@@ -334,3 +334,22 @@ def test_cmake_builds_the_tensorrt_backend_only_with_tensorrt(programs, tmp_path
     shutil.copy(REPO / "tests" / "trt_runtime_api_subset" / "NvInferRuntime.h", fake / "include")
     (fake / "lib" / "libnvinfer.so").write_bytes(b"")  # found by name only; nothing is built here
     assert "TensorRT backend ON" in configure(tmp_path / "with", f"-DTensorRT_ROOT={fake}")
+
+
+def test_stream_check_on_language_model_and_classifier_bundles(programs, tmp_path):
+    """The C++ Stream / feed_batch are generic over graphs: an lm and a classifier bundle stream
+    chunked == whole and batched == alone through them too."""
+    from qrnn_deploy.nn import QRNNClassifier, QRNNLanguageModel
+
+    torch.manual_seed(0)
+    models = {"lm": QRNNLanguageModel(30, 16, 24, 2, window=[2, 1]),
+              "classifier": QRNNClassifier(30, 16, 24, 2, num_classes=3, window=[3, 2])}
+    for name, m in models.items():
+        export_bundle(m.eval(), tmp_path / name, fo_pool="custom", verify=False)
+        r = run(programs["qrnn_stream_check"], tmp_path / name, "--len", 9, "--tol", "1e-5")
+        assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stdout + r.stderr
+        # every output and state chunked==whole, and the batched check
+        (g,) = json.loads((tmp_path / name / "manifest.json").read_text())["graphs"].values()
+        assert sum(l.endswith(" ok") for l in r.stdout.splitlines()) == len(g["outputs"]) + len(g["states"]) + 1
+    r = run(programs["qrnn_translate"], tmp_path / "lm", stdin="a\n")
+    _one_line_error(r, "needs a seq2seq bundle")

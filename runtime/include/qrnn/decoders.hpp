@@ -1,6 +1,7 @@
 // Step-by-step decoders of one encoded source (mirroring qrnn_deploy.runtime.decoders): each
 // step() is one decoder graph call and returns the tokens that became final in it, so an app
-// can interleave decoding with other work, and time or cancel it per token.
+// can interleave decoding with other work, and time or cancel it per token. A decoder keeps
+// pointers to its Translator and to `src`: both must outlive it.
 #pragma once
 
 #include <cstdint>

@@ -30,7 +30,8 @@ using TokenCallback = std::function<void(int64_t)>;
 class Translator;
 
 // A source that arrives in chunks: each chunk advances the encoder at once (nothing seen
-// is encoded again), so when the source ends only decoding is left.
+// is encoded again), so when the source ends only decoding is left. Uses its Translator, which
+// must outlive it.
 class SourceStream {
  public:
   explicit SourceStream(Translator& t);
@@ -53,6 +54,9 @@ class Translator {
   // Opens the bundle at `bundle_dir` (a seq2seq bundle); throws BundleError / BuildError /
   // BackendError with what to do.
   explicit Translator(const std::string& bundle_dir, const Options& options = {});
+  // Streams and decoders point at their Translator: it stays where it was made.
+  Translator(const Translator&) = delete;
+  Translator& operator=(const Translator&) = delete;
 
   const Manifest& manifest() const { return manifest_; }
   // Source (text -> ids) and target (ids -> text) vocabularies; BundleError when absent.
