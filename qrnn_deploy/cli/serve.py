@@ -32,6 +32,9 @@ def serve(bundle: str = typer.Argument(..., help="Seq2seq bundle directory (writ
                                                    "the first step (0 = never)."),
           max_batch_rows: int = typer.Option(512, "--max-batch-rows", min=1,
                                              help="Most hypotheses in one decoder call."),
+          flush_ms: float = typer.Option(1.0, "--flush-ms",
+                                         help="Short steps: hand tokens to the network together, at most this "
+                                              "late (first tokens never wait; 0 = every step)."),
           drain_timeout: float = typer.Option(30.0, "--drain-timeout",
                                               help="SIGTERM: seconds to let open translations finish."),
           log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
@@ -42,7 +45,8 @@ def serve(bundle: str = typer.Argument(..., help="Seq2seq bundle directory (writ
     cfg = ServeConfig(beam=beam, max_beam=max(max_beam, beam), max_len=max_len, length_penalty=length_penalty,
                       max_streams=max_streams, max_message_bytes=max_message_bytes,
                       max_source_chars=max_source_chars, idle_timeout=idle_timeout, batch_wait_ms=batch_wait_ms,
-                      max_batch_rows=max_batch_rows, drain_timeout=drain_timeout, api_key=api_key).validate()
+                      max_batch_rows=max_batch_rows, flush_ms=flush_ms,
+                      drain_timeout=drain_timeout, api_key=api_key).validate()
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
     run_server(bundle, cfg, host=host, port=port, threads=threads, backend=backend, log_level=log_level,

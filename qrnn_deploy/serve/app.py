@@ -198,7 +198,8 @@ def create_app(model: TranslationModel, cfg: Optional[ServeConfig] = None, info:
     stream() / decode_batch() / token_text()). The engine thread starts with the app's lifespan."""
     cfg = (cfg or ServeConfig()).validate()
     metrics = metrics or ServerMetrics()
-    engine = Engine(model, metrics, batch_wait_ms=cfg.batch_wait_ms, max_batch_rows=cfg.max_batch_rows)
+    engine = Engine(model, metrics, batch_wait_ms=cfg.batch_wait_ms, max_batch_rows=cfg.max_batch_rows,
+                    flush_ms=cfg.flush_ms)
     state = ServerState(engine, cfg, metrics, info)
 
     @contextlib.asynccontextmanager

@@ -23,6 +23,8 @@ class ServeConfig:
       step when it was idle (0: never waits); steps of translations already decoding are gathered
       without waiting.
     max_batch_rows: most rows (hypotheses) in one decoder call; more are split into several calls.
+    flush_ms: when decoder steps are shorter than this, the tokens of consecutive steps are handed
+      to the event loop together, at most this late (first tokens and done never wait); 0: every step.
     drain_timeout: seconds SIGTERM waits for open streams to finish before the server stops.
     api_key: when set, every endpoint but /healthz needs it.
     """
@@ -37,6 +39,7 @@ class ServeConfig:
     idle_timeout: float = 60.0
     batch_wait_ms: float = 1.0
     max_batch_rows: int = 512
+    flush_ms: float = 1.0
     drain_timeout: float = 30.0
     api_key: Optional[str] = None
 
@@ -52,6 +55,7 @@ class ServeConfig:
             (0 <= self.batch_wait_ms <= 100, f"batch_wait_ms must be in [0, 100], got {self.batch_wait_ms}"),
             (self.max_batch_rows >= self.max_beam,
              f"max_batch_rows ({self.max_batch_rows}) must be >= max_beam ({self.max_beam})"),
+            (0 <= self.flush_ms <= 100, f"flush_ms must be in [0, 100], got {self.flush_ms}"),
             (self.drain_timeout >= 0, f"drain_timeout must be >= 0, got {self.drain_timeout}"),
             (self.api_key is None or len(self.api_key) > 0, "api_key must not be empty"),
         ]

@@ -67,6 +67,7 @@ class Job:
         self.t_end: Optional[float] = None  # perf_counter when the source ended (loop side)
         self.t_first: Optional[float] = None
         self.n_tokens = 0
+        self._sent = 0  # tokens the worker has produced for this job
         # Worker-owned model state.
         self._source = None
         self._decoder = None
@@ -97,10 +98,11 @@ class Engine:
     """
 
     def __init__(self, model: TranslationModel, metrics: Optional[ServerMetrics] = None,
-                 batch_wait_ms: float = 1.0, max_batch_rows: int = 512):
+                 batch_wait_ms: float = 1.0, max_batch_rows: int = 512, flush_ms: float = 1.0):
         self.model = model
         self.metrics = metrics or ServerMetrics()
         self.batch_wait = batch_wait_ms / 1000.0
+        self.flush = flush_ms / 1000.0
         self.max_batch_rows = max_batch_rows
         self._cv = threading.Condition()
         self._cmds: list = []
@@ -110,6 +112,11 @@ class Engine:
         self._ids = itertools.count(1)
         self._active: list = []  # jobs being decoded, in the order they joined (keeps batch caches warm)
         self._batches: list = []  # one DecodeBatch per chunk of max_batch_rows
+        self._outbox: list = []  # results waiting for the event loop
+        self._outbox_lock = threading.Lock()
+        self._wake_pending = False  # a _take_outbox is scheduled on the loop and has not run yet
+        self._last_wake = 0.0
+        self._last_step = 0.0  # seconds the last worker iteration's decoding took
         self.jobs_open = 0  # loop side: jobs opened and not closed
         self.steps = 0
 
@@ -182,13 +189,17 @@ class Engine:
     # -- the worker -----------------------------------------------------------------------------
 
     def _take(self) -> Optional[list]:
+        if not self._active:
+            self._flush()  # nothing deferred may wait while the worker sleeps
         with self._cv:
             while not self._cmds and not self._active and not self._stop:
                 self._cv.wait()
             if self._stop:
                 return None
-            if not self._active and self.batch_wait > 0 and any(c[0] == "end" for c in self._cmds):
-                # Idle until now: let translations that end together start together (bounded wait).
+            ending = sum(c[0] == "end" for c in self._cmds)
+            if not self._active and self.batch_wait > 0 and ending and self.jobs_open > ending:
+                # Idle until now, and other translations' sources are still arriving: let those
+                # that end together start together (bounded wait). A lone translation never waits.
                 deadline = time.monotonic() + self.batch_wait
                 while (left := deadline - time.monotonic()) > 0 and not self._stop:
                     self._cv.wait(left)
@@ -204,10 +215,11 @@ class Engine:
                 out: list = []
                 for cmd in cmds:
                     self._apply(cmd, out)
+                urgent = bool(out)  # encoder results and errors: a coroutine is waiting for them
                 if self._active:
-                    self._step(out)
+                    urgent = self._step(out) or urgent
                 if out:
-                    self._emit(out)
+                    self._emit(out, urgent)
         except BaseException:  # a bug in the worker must not leave clients waiting forever
             log.exception("translation engine worker crashed")
         finally:
@@ -229,7 +241,7 @@ class Engine:
             self._free(job)
         self._active = []
         if out:
-            self._emit(out)
+            self._emit(out, True)
 
     def _free(self, job: Job) -> None:
         if job._source is not None:
@@ -309,6 +321,8 @@ class Engine:
         while len(self._batches) < len(chunks):
             self._batches.append(self.model.decode_batch())
         finished = []
+        urgent = False
+        t_start = time.perf_counter()
         for i, group in enumerate(chunks):
             decoders = [j._decoder for j in group]
             nrows = sum(d.num_rows for d in decoders)
@@ -321,6 +335,7 @@ class Engine:
                 for j in group:
                     out.append((j, {"type": "error", "message": f"decoding failed: {e}"}))
                     finished.append(j)
+                urgent = True
                 self._batches[i] = self.model.decode_batch()
                 continue
             dt = time.perf_counter() - t0
@@ -331,12 +346,17 @@ class Engine:
             m.batch_rows.observe(nrows)
             n_tok = 0
             for j, toks in zip(group, new):
-                for t in toks:
-                    out.append((j, {"type": "token", "id": int(t), "text": self.model.token_text(int(t))}))
-                n_tok += len(toks)
+                if toks:
+                    if j._sent == 0:
+                        urgent = True  # first-token latency is what a user waits for
+                    for t in toks:
+                        out.append((j, {"type": "token", "id": int(t), "text": self.model.token_text(int(t))}))
+                    j._sent += len(toks)
+                    n_tok += len(toks)
                 if j._decoder.done:
                     out.append((j, self._done_event(j)))
                     finished.append(j)
+                    urgent = True
             if n_tok:
                 m.add_tokens(n_tok)
         if finished:
@@ -344,17 +364,53 @@ class Engine:
             self._active = [j for j in self._active if id(j) not in gone]
             for j in finished:
                 self._free(j)
+        self._last_step = time.perf_counter() - t_start
+        return urgent
 
-    def _emit(self, out: list) -> None:
+    def _emit(self, out: list, urgent: bool) -> None:
+        """Queues results for the event loop and wakes it, sparingly.
+
+        Waking the loop costs a self-pipe write and a GIL hand-over between this thread and the
+        loop, which under load costs more than a small model's step. So: no wake-up while one is
+        pending (the loop takes everything queued by then), and when steps are short, tokens of
+        steps that end within `flush_ms` of the last wake-up go out together. First tokens,
+        done / error events and encoder results are never held back.
+        """
+        now = time.perf_counter()
+        with self._outbox_lock:
+            self._outbox.extend(out)
+            if self._wake_pending:
+                return
+            if not urgent and (now - self._last_wake) + self._last_step < self.flush:
+                return  # the next step ends within the flush interval: send both together
+            self._wake_pending = True
+            self._last_wake = now
+        self._wake()
+
+    def _flush(self) -> None:
+        with self._outbox_lock:
+            if not self._outbox or self._wake_pending:
+                return
+            self._wake_pending = True
+            self._last_wake = time.perf_counter()
+        self._wake()
+
+    def _wake(self) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
         try:
-            loop.call_soon_threadsafe(self._dispatch, out)
+            loop.call_soon_threadsafe(self._take_outbox)
         except RuntimeError:  # the loop closed meanwhile (process exit)
             pass
 
     # -- back on the event loop -------------------------------------------------------------------
+
+    def _take_outbox(self) -> None:
+        with self._outbox_lock:
+            out, self._outbox = self._outbox, []
+            self._wake_pending = False
+        self._dispatch(out)
 
     def _dispatch(self, out: list) -> None:
         now = time.perf_counter()

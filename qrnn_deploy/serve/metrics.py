@@ -7,6 +7,7 @@ counters and gauges (optionally with one set of labels) and cumulative histogram
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import time
@@ -99,7 +100,7 @@ class Histogram(_Metric):
         self._sum, self._n = 0.0, 0
 
     def observe(self, v: float) -> None:
-        i = next(i for i, b in enumerate(self.bounds) if v <= b)
+        i = bisect.bisect_left(self.bounds, v)  # first bound >= v (le semantics)
         with self._lock:
             self._counts[i] += 1
             self._sum += v

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import Optional
 
 import uvicorn
@@ -74,11 +75,16 @@ def make_server(app, host: str = "127.0.0.1", port: int = 8000, log_level: str =
 
 def run_server(bundle, cfg: Optional[ServeConfig] = None, host: str = "127.0.0.1", port: int = 8000,
                threads: Optional[int] = None, backend: str = "onnxruntime", log_level: str = "info",
-               access_log: bool = False) -> None:
+               access_log: bool = False, switch_interval: float = 2e-4) -> None:
     """Loads a seq2seq bundle and serves it until SIGTERM / SIGINT (then drains)."""
     from qrnn_deploy.runtime import load_bundle
     from qrnn_deploy.serve.app import create_app
 
+    # The engine thread and the event loop share the GIL. After a thread releases it for a system
+    # call (the loop writes a socket per token), it usually takes it straight back; the other
+    # thread then waits for the forced switch, 5 ms by default: far longer than a decoder step.
+    # A dedicated server process can afford a shorter interval.
+    sys.setswitchinterval(switch_interval)
     b = load_bundle(bundle, backend=backend, threads=threads)
     tr = b.translator()
     m = b.manifest

@@ -1,0 +1,334 @@
+"""Load test of `qrnn-deploy serve` on loopback, beside the raw runtime step measured in the same run.
+
+A paper-shaped translator (4 layers of 320, embed 64, encoder windows [6, 2, 2, 2], decoder window
+2; random weights with </s> suppressed so every sentence decodes --tokens steps, or the shipped
+de-en checkpoint when it exists) is exported to a bundle and served by `qrnn-deploy serve` in a
+subprocess (onnxruntime, --threads 1). For N = 1, 8, 32, 128 concurrent WebSocket clients, each
+client streams German sentences for --seconds: the source in pieces, then "end", then reads the
+tokens until "done", and starts the next sentence. Reported per N:
+
+- tokens/s over all clients, and the ratio to N = 1 (batching: target >= 5x at 32),
+- per-token latency p50 / p99: the gap between consecutive token arrivals at the client,
+- time per output token (TPOT) p50: (done - first token) / (tokens - 1) per sentence,
+- first-token latency p50 / p99 after the source ends ("end" sent -> first token received),
+- errors (error messages, refused or dropped connections), server RSS before / after.
+
+Baseline in the same run: the raw runtime step, `DecodeBatch.step` of one greedy translation
+(and of N together), in this process on the same bundle with 1 thread. The per-token server
+overhead at 1 stream is TPOT p50 / raw step p50 (target <= 1.2).
+
+    python3 benchmarks/bench_serve.py [--seconds 8 --tokens 60 --clients 1,8,32,128 --fo-pool auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SENTENCES = [
+    "Guten Morgen, wie geht es Ihnen heute?",
+    "Der Zug nach Berlin fährt um acht Uhr ab.",
+    "Ich habe gestern ein interessantes Buch über Geschichte gelesen.",
+    "Können Sie mir bitte den Weg zum Bahnhof zeigen?",
+    "Das Wetter ist heute schöner als gestern.",
+    "Wir treffen uns nach der Arbeit im Café an der Ecke.",
+    "Die Kinder spielen im Garten mit dem Hund.",
+    "Bitte schließen Sie das Fenster, es ist kalt.",
+    "Unsere Firma entwickelt Software für kleine Unternehmen.",
+    "Am Wochenende fahren wir mit dem Fahrrad an den See.",
+]
+
+
+def build_bundle(out: Path, fo_pool: str, seed: int = 0) -> dict:
+    import torch
+
+    from qrnn_deploy.export import export_bundle
+    from qrnn_deploy.nn import QRNNSeq2Seq
+    from qrnn_deploy.vocab import BOS, EOS, CharVocab
+
+    ckpt = REPO / "qrnn_deploy" / "pretrained" / "de-en.safetensors"
+    if ckpt.exists():
+        from qrnn_deploy.nn import load_checkpoint
+
+        model = load_checkpoint(ckpt)
+        model = model[0] if isinstance(model, tuple) else model
+        export_bundle(model, out, fo_pool=fo_pool, verify=False)
+        return {"model": f"shipped {ckpt.name}", "suppress_eos": False}
+    torch.manual_seed(seed)
+    vocab = CharVocab.build(SENTENCES + ["the quick brown fox jumps over the lazy dog THE QUICK BROWN FOX 0123456789"])
+    V = len(vocab)
+    model = QRNNSeq2Seq(V, V, embed_size=64, hidden_size=320, num_layers=4, encoder_window=[6, 2, 2, 2],
+                        decoder_window=2).eval()
+    with torch.no_grad():  # random weights: keep every sentence decoding the full length
+        model.out.bias[EOS] -= 30
+        model.out.bias[BOS] -= 30
+    export_bundle(model, out, fo_pool=fo_pool, verify=False, vocab=vocab)
+    return {"model": f"random QRNNSeq2Seq 4x320 (vocab {V}), </s> suppressed", "suppress_eos": True}
+
+
+def raw_sentence(translator, sentence: str, tokens: int, pieces: list) -> dict:
+    """One translation decoded alone in this thread, as the engine does it (source pieces fed,
+    then DecodeBatch.step per token). Wall and CPU seconds per token, first-token time."""
+    ts = translator.stream()
+    for p in pieces:
+        ts.feed(p)
+    c0, t0 = time.thread_time(), time.perf_counter()
+    d = ts.decoder(beam=1, max_len=tokens)
+    b = translator.decode_batch()
+    n, first, steps = 0, None, []
+    while not d.done:
+        t = time.perf_counter()
+        n += len(b.step([d]))
+        steps.append(time.perf_counter() - t)
+        if first is None and n:
+            first = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+    return {"tokens": n, "wall": wall / max(n, 1), "cpu": cpu / max(n, 1), "first": first, "steps": steps}
+
+
+def raw_batched_tps(translator, n: int, tokens: int, rounds: int = 2) -> float:
+    """Tokens per second of DecodeBatch stepping n greedy translations together (the runtime's
+    ceiling for n streams on this thread)."""
+    total, elapsed = 0, 0.0
+    for r in range(rounds):
+        decoders = []
+        for j in range(n):
+            ts = translator.stream()
+            ts.feed(SENTENCES[(r + j) % len(SENTENCES)])
+            decoders.append(ts.decoder(beam=1, max_len=tokens))
+        b = translator.decode_batch()
+        t0 = time.perf_counter()
+        while not all(d.done for d in decoders):
+            total += sum(len(x) for x in b.step(decoders))
+        elapsed += time.perf_counter() - t0
+    return total / elapsed
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), seconds."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def split_pieces(s: str, rng: random.Random, k: int = 4) -> list:
+    cuts = sorted(rng.sample(range(1, len(s)), k - 1))
+    return [s[a:b] for a, b in zip([0] + cuts, cuts + [len(s)])]
+
+
+class Stats:
+    def __init__(self):
+        self.tokens = 0
+        self.gaps: list = []
+        self.first: list = []
+        self.tpot: list = []
+        self.sentences = 0
+        self.errors: list = []
+
+
+async def sentence(ws, pieces: list, st: Stats, settle: bool = False) -> None:
+    """Streams one sentence: its pieces, "end", then its tokens until "done". settle: wait until
+    the pieces are encoded (a ping is answered after them) before "end", as when a typist's
+    pieces arrive over time; then first-token latency is the decoder's, as in the raw baseline."""
+    for p in pieces:
+        await ws.send(json.dumps({"type": "source", "text": p}))
+    if settle:
+        await ws.send('{"type": "ping"}')
+        while json.loads(await ws.recv())["type"] != "pong":
+            pass
+    t_end = time.perf_counter()
+    await ws.send('{"type": "end"}')
+    last, first, n = None, None, 0
+    while True:
+        m = json.loads(await ws.recv())
+        now = time.perf_counter()
+        if m["type"] == "token":
+            if last is None:
+                first = now
+                st.first.append(now - t_end)
+            else:
+                st.gaps.append(now - last)
+            last = now
+            n += 1
+        elif m["type"] == "done":
+            st.tokens += n
+            st.sentences += 1
+            if n > 1:
+                st.tpot.append((last - first) / (n - 1))
+            if m["tokens"] != n:
+                st.errors.append(f"done says {m['tokens']} tokens, got {n}")
+            return
+        else:
+            st.errors.append(str(m))
+            return
+
+
+async def client(url: str, deadline: float, rng: random.Random, st: Stats) -> None:
+    from websockets.asyncio.client import connect
+
+    try:
+        async with connect(url, max_size=None, compression=None) as ws:
+            while time.perf_counter() < deadline:
+                s = SENTENCES[rng.randrange(len(SENTENCES))]
+                await sentence(ws, split_pieces(s, rng), st)
+    except Exception as e:  # refused, dropped: an error of the run
+        st.errors.append(f"{type(e).__name__}: {e}")
+
+
+async def load(url: str, n: int, seconds: float, seed: int) -> tuple:
+    st = Stats()
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+    await asyncio.gather(*(client(url, deadline, random.Random(seed * 1000 + i), st) for i in range(n)))
+    return st, time.perf_counter() - t0
+
+
+async def one_stream_interleaved(url: str, tr, rounds: int, tokens: int, pid: int, seed: int) -> dict:
+    """Alternates one sentence decoded by the raw runtime here with the same sentence (same
+    pieces) through the server, so both see the same machine load."""
+    from websockets.asyncio.client import connect
+
+    rng = random.Random(seed)
+    raw, srv = [], Stats()
+    cpu_srv, srv_tokens = 0.0, 0
+    async with connect(url, max_size=None, compression=None) as ws:
+        for r in range(rounds):
+            s = SENTENCES[r % len(SENTENCES)]
+            pieces = split_pieces(s, rng)
+            raw.append(raw_sentence(tr, s, tokens, pieces))
+            c0, n0 = cpu_seconds(pid), srv.tokens
+            await sentence(ws, pieces, srv, settle=True)
+            cpu_srv += cpu_seconds(pid) - c0
+            srv_tokens += srv.tokens - n0
+    return {"raw": raw, "srv": srv, "srv_cpu_per_token": cpu_srv / max(srv_tokens, 1)}
+
+
+def ms(x, q):
+    return float(np.percentile(np.asarray(x) * 1e3, q)) if len(x) else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=8.0, help="Load time per client count.")
+    ap.add_argument("--tokens", type=int, default=60, help="Target tokens per sentence (max_len).")
+    ap.add_argument("--clients", default="1,8,32,128")
+    ap.add_argument("--fo-pool", default="auto", choices=["auto", "custom", "portable"])
+    ap.add_argument("--rounds", type=int, default=30, help="1-stream sentences interleaved with the raw runtime.")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    counts = [int(c) for c in args.clients.split(",")]
+
+    fo_pool = args.fo_pool
+    if fo_pool == "auto":
+        try:
+            from qrnn_deploy._native import ort_library_path
+
+            fo_pool = "custom" if Path(ort_library_path()).is_file() else "portable"
+        except Exception:
+            fo_pool = "portable"
+    tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
+    bundle = tmp / "bundle"
+    info = build_bundle(bundle, fo_pool, args.seed)
+
+    from qrnn_deploy.runtime import load_bundle
+
+    tr = load_bundle(bundle, threads=1).translator()
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "qrnn_deploy", "serve", str(bundle), "--port", str(port),
+                             "--threads", "1", "--max-len", str(args.tokens), "--max-streams", "1024",
+                             "--log-level", "warning"], cwd=str(REPO), env=env)
+    try:
+        import httpx
+
+        t0 = time.monotonic()
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() - t0 > 120:
+                raise SystemExit("the server did not start")
+            time.sleep(0.1)
+        url = f"ws://127.0.0.1:{port}/v1/stream"
+        asyncio.run(load(url, 2, 1.0, 99))  # warm-up (sessions, caches)
+        mem0 = rss_mb(proc.pid)
+        one = asyncio.run(one_stream_interleaved(url, tr, args.rounds, args.tokens, proc.pid, args.seed))
+        rows = []
+        for n in counts:
+            st, elapsed = asyncio.run(load(url, n, args.seconds, args.seed + n))
+            rows.append((n, st, elapsed, rss_mb(proc.pid), raw_batched_tps(tr, n, args.tokens)))
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+    raw, srv = one["raw"], one["srv"]
+    raw_wall = float(np.median([r["wall"] for r in raw]))
+    raw_cpu = float(np.median([r["cpu"] for r in raw]))
+    raw_step = float(np.median([t for r in raw for t in r["steps"]]))
+    raw_first = float(np.median([r["first"] for r in raw]))
+    tpot = float(np.median(srv.tpot))
+    print(f"model: {info['model']}; bundle fo_pool={fo_pool}; onnxruntime 1 thread (server and baseline); "
+          f"{args.tokens} tokens per sentence; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print()
+    print(f"1 stream, {args.rounds} sentences interleaved with the raw runtime on the same sentences (medians):")
+    print("| path | per token ms (wall) | CPU per token ms | first token ms | step p50 ms |")
+    print("|---|---|---|---|---|")
+    print(f"| raw runtime (DecodeBatch alone, this process) | {raw_wall * 1e3:.3f} | {raw_cpu * 1e3:.3f} | "
+          f"{raw_first * 1e3:.3f} | {raw_step * 1e3:.3f} |")
+    print(f"| server over WebSocket (TPOT at the client) | {tpot * 1e3:.3f} | {one['srv_cpu_per_token'] * 1e3:.3f} | "
+          f"{ms(srv.first, 50):.3f} | |")
+    print(f"| server / raw | {tpot / raw_wall:.2f}x | {one['srv_cpu_per_token'] / raw_cpu:.2f}x | "
+          f"{ms(srv.first, 50) / 1e3 / raw_first:.2f}x | |")
+    print()
+    print(f"{args.seconds:g} s of load per row; server RSS before the runs {mem0:.0f} MB:")
+    print("| streams | tokens/s | x 1 stream | raw DecodeBatch tokens/s at N | token gap p50 ms | p99 ms | TPOT p50 ms "
+          "| first token p50 ms | p99 ms | sentences | errors | RSS after MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    base = None
+    for n, st, elapsed, mem, raw_tps in rows:
+        tps = st.tokens / elapsed
+        base = base or tps
+        print(f"| {n} | {tps:,.0f} | {tps / base:.2f}x | {raw_tps:,.0f} | {ms(st.gaps, 50):.3f} | {ms(st.gaps, 99):.2f} | "
+              f"{ms(st.tpot, 50):.3f} | {ms(st.first, 50):.2f} | {ms(st.first, 99):.2f} | {st.sentences} | "
+              f"{len(st.errors)} | {mem:.0f} |")
+    print()
+    by_n = {n: (st.tokens / el, raw_tps) for n, st, el, _, raw_tps in rows}
+    errs = [e for _, st, *_ in rows for e in st.errors] + srv.errors
+    print(f"target: zero errors -> {len(errs)} errors" + (f" (first: {errs[0]})" if errs else ""))
+    if 1 in by_n and 32 in by_n:
+        print(f"target: tokens/s at 32 streams >= 5x 1 stream -> {by_n[32][0] / by_n[1][0]:.2f}x "
+              f"(the raw runtime's own ratio, DecodeBatch at 32 vs alone: {by_n[32][1] / by_n[1][1]:.2f}x)")
+    print(f"target: per-token time at 1 stream within 1.20x of the raw runtime -> {tpot / raw_wall:.2f}x "
+          f"(+{(tpot - raw_wall) * 1e6:.0f} us wall, +{(one['srv_cpu_per_token'] - raw_cpu) * 1e6:.0f} us server CPU per token)")
+    for line in metrics.splitlines():
+        if line.startswith(("qrnn_serve_batch_size_sum", "qrnn_serve_batch_size_count", "qrnn_serve_step_seconds_sum",
+                            "qrnn_serve_step_seconds_count", "qrnn_serve_errors_total")):
+            print("server metric:", line)
+
+
+if __name__ == "__main__":
+    main()
