@@ -66,6 +66,17 @@ def kernels_library_path() -> str:
     return str(p)
 
 
+def trt_plugin_library_path() -> str:
+    """Path of the TensorRT FoPool plugin library libqrnn_trt_plugin.so (QRNN_TRT_PLUGIN_LIBRARY,
+    QRNN_PLUGIN_DIR, plugins/build/). Raises BuildError when it is absent: it is built only where
+    TensorRT's headers are found (TensorRT_ROOT=<dir> bash scripts/build_plugins.sh)."""
+    p = _find("libqrnn_trt_plugin.so", "QRNN_TRT_PLUGIN_LIBRARY")
+    if p is None:
+        raise BuildError("the TensorRT plugin libqrnn_trt_plugin.so is not built: run TensorRT_ROOT=<TensorRT dir> "
+                         "bash scripts/build_plugins.sh (or build engines with --plugin aot)")
+    return str(p)
+
+
 def ort_session(model: Union[str, os.PathLike, bytes], providers: Optional[Sequence] = None,
                 threads: Optional[int] = None, custom_ops: bool = True, session_options=None):
     """An onnxruntime.InferenceSession for `model` (a path or serialized ModelProto bytes).
