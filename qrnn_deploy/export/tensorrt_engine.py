@@ -19,7 +19,6 @@ GPU and is untested on the project's machines, which have neither.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from qrnn_deploy.bundle import EngineSpec, Manifest, load_manifest
 from qrnn_deploy.errors import BuildError, ExportError
@@ -64,22 +63,6 @@ def engine_profiles(manifest: Manifest, role: str, max_batch: int = 8, max_chunk
     return profiles
 
 
-def trt_plugin_library_path() -> str:
-    """libqrnn_trt_plugin.so: $QRNN_TRT_PLUGIN_LIBRARY, else the plugin build directories."""
-    from qrnn_deploy import _native
-
-    explicit = os.environ.get("QRNN_TRT_PLUGIN_LIBRARY")
-    if explicit:
-        if not Path(explicit).is_file():
-            raise BuildError(f"QRNN_TRT_PLUGIN_LIBRARY={explicit} is not a file")
-        return explicit
-    for d in _native.plugin_dirs():
-        if (d / "libqrnn_trt_plugin.so").is_file():
-            return str(d / "libqrnn_trt_plugin.so")
-    raise BuildError("libqrnn_trt_plugin.so is not built: build plugins/ with TensorRT's headers "
-                     "(TensorRT_ROOT=<TensorRT dir> bash scripts/build_plugins.sh), or use --plugin aot")
-
-
 def import_tensorrt():
     """The tensorrt module, or BuildError (one line) when it is not installed."""
     try:
@@ -110,7 +93,9 @@ def build_engines(bundle_dir, fp16: bool = False, max_batch: int = 8, max_chunk:
     logger = trt.Logger(trt.Logger.WARNING)
     uses_plugin = manifest.fo_pool == "custom"
     if uses_plugin and plugin == "library":
-        trt.get_plugin_registry().load_library(trt_plugin_library_path())
+        from qrnn_deploy import _native
+
+        trt.get_plugin_registry().load_library(_native.trt_plugin_library_path())
     elif uses_plugin:
         from qrnn_deploy.export import tensorrt_aot
 
