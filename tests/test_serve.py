@@ -406,6 +406,74 @@ def test_50_concurrent_streams_are_batched_and_correct(server, expected):
     assert wait_for(lambda: server.state.metrics.sessions.value() == 0)
 
 
+def test_split_batches_with_beams_match_runtime(translator, expected):
+    """Beam 3 for 12 streams at once with at most 4 rows per decoder call: the engine splits the
+    batch into several runtime calls and every stream still gets the runtime's own translation."""
+    cfg = ServeConfig(max_len=MAX_LEN, beam=3, max_beam=3, max_batch_rows=4)
+    with ServerThread(create_app(translator, cfg)) as srv:
+        async def one(i):
+            s = SOURCES[i % len(SOURCES)]
+            async with connect(srv.ws_url()) as ws:
+                tokens, done = await translate_ws(ws, pieces_of(s))
+                return s, "".join(tokens), done["text"]
+
+        async def main():
+            return await asyncio.gather(*(one(i) for i in range(12)))
+
+        for s, streamed, text in run(main()):
+            assert streamed == text == expected[(s, 3)]
+        rows = srv.state.metrics.batch_rows.bucket_counts()
+        bounds = srv.state.metrics.batch_rows.bounds
+        assert sum(rows) > 0 and all(c == 0 for b, c in zip(bounds, rows) if b > 4)
+
+
+class FailingTranslator(SlowTranslator):
+    """Decoder steps fail after `ok` successful ones (a runtime error mid-translation)."""
+
+    def __init__(self, tr, ok: int):
+        super().__init__(tr, 0.0)
+        self.ok = ok
+
+    def decode_batch(self):
+        batch, parent = self.tr.decode_batch(), self
+
+        class Failing:
+            def step(self, decoders):
+                if parent.ok <= 0:
+                    from qrnn_deploy.errors import StreamError
+
+                    raise StreamError("graph 'decoder' failed: simulated")
+                parent.ok -= 1
+                return batch.step(decoders)
+
+        return Failing()
+
+
+def test_runtime_failure_is_an_error_message_and_frees_state(translator, expected):
+    src = _long_source(translator, SOURCES)
+    tr = FailingTranslator(translator, ok=2)
+    with ServerThread(create_app(tr, ServeConfig(max_len=MAX_LEN))) as srv:
+        async def main():
+            async with connect(srv.ws_url()) as ws:
+                await ws.send(json.dumps({"type": "source", "text": src}))
+                await ws.send(json.dumps({"type": "end"}))
+                kinds = []
+                while True:
+                    m = await recv(ws)
+                    kinds.append(m["type"])
+                    if m["type"] == "error":
+                        assert m["code"] == "translate_failed" and "simulated" in m["message"]
+                        break
+                assert kinds[-1] == "error" and "done" not in kinds
+                tr.ok = 10 ** 6  # the runtime recovers: the same connection translates again
+                _, done = await translate_ws(ws, ["gag"])
+                assert done["text"] == expected[("gag", 1)]
+
+        run(main())
+        assert wait_for(lambda: srv.state.metrics.sessions.value() == 0)
+        assert srv.state.metrics.translations.value(outcome="error") == 1
+
+
 def _long_source(translator, candidates):
     return max(candidates, key=lambda s: len(translator.translate(s, max_len=MAX_LEN)))
 
