@@ -21,11 +21,8 @@ def bench(quick: bool = typer.Option(False, "--quick", help="Fewer sizes and rep
           no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (logs, CI).")):
     """Benchmark QRNN bundles (custom op, portable) and PyTorch QRNN against LSTM baselines.
 
-    Encoding (tokens/s) over batch x length x hidden size, streaming decode (per-token p50/p99 at
-    batch 1, tokens/s at batch 32), the GEMM rate and copy bandwidth of this machine, and each
-    QRNN's time outside its matrix products. Ratios are to onnxruntime's LSTM, measured in the
-    same run.
-    """
+    Encoding tokens/s over batch size, length and hidden size; streaming per-token p50/p99 (batch 1) and tokens/s (batch 32); the machine's GEMM rate and copy bandwidth; each QRNN's time outside its matrix products. Ratios are to onnxruntime's LSTM measured in the same run.
+    """  # noqa: E501  (one line per paragraph: the help renderer keeps source line breaks)
     import os
     import sys
 
