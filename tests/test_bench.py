@@ -172,6 +172,7 @@ def test_derive_ratios_and_targets():
     assert c["time_over_matmuls"] == pytest.approx(2.0 / 1.9)
     assert c["outside_matmul_share"] == pytest.approx(0.1 / 2.0)
     assert c["gemm_floor_ms"] == pytest.approx(2 * 300 * 16 / 10e9 * 1e3)
+    assert c["gflops"] == pytest.approx(2 * 300 * 16 / 2e-3 / 1e9)
     assert by["stream_latency", "qrnn-custom"]["speedup_vs_lstm_ort"] == pytest.approx(2.0)
     t = report.targets(recs)
     assert t["bundle"] == "qrnn-custom"

@@ -28,7 +28,8 @@ def _key(r: dict, *fields) -> tuple:
 
 def derive(res: BenchResult) -> list:
     """The records with derived fields added (copies): speedup_vs_lstm_ort, mac_ratio_vs_lstm,
-    matmul_ms, time_over_matmuls, outside_matmul_share, gemm_floor_ms."""
+    matmul_ms, time_over_matmuls, outside_matmul_share, gemm_floor_ms (the MACs at the measured
+    GEMM rate), gflops (achieved)."""
     recs = [dict(r) for r in res.records]
     base = {_key(r, "section", "H", "B", "T"): r for r in recs if r["impl"] == BASELINE}
     mm = {_key(r, "H", "window", "B", "T"): r for r in recs if r["impl"] == "qrnn-matmuls"}
@@ -47,7 +48,9 @@ def derive(res: BenchResult) -> list:
                     r["time_over_matmuls"] = r["ms"] / m["ms"]
                     r["outside_matmul_share"] = max(0.0, 1.0 - m["ms"] / r["ms"])
             if r.get("macs_per_token"):
-                r["gemm_floor_ms"] = 2.0 * r["macs_per_token"] * r["B"] * r["T"] / (gemm * 1e9) * 1e3
+                flops = 2.0 * r["macs_per_token"] * r["B"] * r["T"]
+                r["gemm_floor_ms"] = flops / (gemm * 1e9) * 1e3
+                r["gflops"] = flops / (r["ms"] * 1e-3) / 1e9  # achieved, to hold against the GEMM rate
     return recs
 
 
@@ -104,7 +107,7 @@ def targets(recs: list) -> dict:
 
 CSV_FIELDS = ["section", "impl", "family", "H", "window", "B", "T", "ms", "ms_median", "p50_ms", "p99_ms",
               "tokens_per_s", "speedup_vs_lstm_ort", "macs_per_token", "mac_ratio_vs_lstm", "matmul_ms",
-              "time_over_matmuls", "outside_matmul_share", "gemm_floor_ms", "samples"]
+              "time_over_matmuls", "outside_matmul_share", "gemm_floor_ms", "gflops", "samples"]
 
 
 def write_csv(recs: list, path: Path) -> Path:
