@@ -193,6 +193,15 @@ def run_op(case, gates, c0, grad_h, grad_c_last):
     return h.detach(), cl.detach(), g.grad, (None if c is None else c.grad)
 
 
+def pack_args(params, pointers_in, pointers_out):
+    """cuLaunchKernel's kernelParams in TensorRT's AOT order: input pointers, the int32 extra
+    args, output pointers. Returns (the argument objects, the void* array pointing at them)."""
+    args = ([ctypes.c_void_p(p) for p in pointers_in] + [ctypes.c_int32(int(v)) for v in params.extra_args]
+            + [ctypes.c_void_p(p) for p in pointers_out])
+    argv = (ctypes.c_void_p * len(args))(*[ctypes.cast(ctypes.pointer(a), ctypes.c_void_p) for a in args])
+    return args, argv
+
+
 class PTXLauncher:
     """Loads PTX with the CUDA driver API (ctypes on libcuda) into the context PyTorch uses."""
 
@@ -223,10 +232,7 @@ class PTXLauncher:
         return self.modules[key][1]
 
     def launch(self, fn, params, pointers_in, pointers_out, stream: int):
-        """TensorRT's AOT argument order: input pointers, int32 extra args, output pointers."""
-        args = ([ctypes.c_void_p(p) for p in pointers_in] + [ctypes.c_int32(int(v)) for v in params.extra_args]
-                + [ctypes.c_void_p(p) for p in pointers_out])
-        argv = (ctypes.c_void_p * len(args))(*[ctypes.cast(ctypes.byref(a), ctypes.c_void_p) for a in args])
+        args, argv = pack_args(params, pointers_in, pointers_out)  # args keeps the values alive
         self._check(self.cu.cuLaunchKernel(fn, *params.grid, *params.block, params.shared_mem,
                                            ctypes.c_void_p(stream), argv, None), "cuLaunchKernel")
 

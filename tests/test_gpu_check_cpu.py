@@ -60,3 +60,17 @@ def test_without_a_gpu_the_script_says_so(gpu_check, capsys):
         pytest.skip("a GPU is present")
     assert gpu_check.main(["--out", "/nonexistent-not-created"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_aot_kernel_arguments_are_packed_in_tensorrt_order(gpu_check):
+    import ctypes
+
+    from qrnn_deploy.export.tensorrt_aot import launch_params
+    params = launch_params(7, 3, 5, "ifo", batch_first=True, reverse=False)
+    args, argv = gpu_check.pack_args(params, [0x1000, 0x2000], [0x3000, 0x4000])
+    read_ptr = lambda i: ctypes.c_void_p.from_address(argv[i]).value  # noqa: E731
+    read_int = lambda i: ctypes.c_int32.from_address(argv[i]).value  # noqa: E731
+    assert len(argv) == 10
+    assert [read_ptr(0), read_ptr(1)] == [0x1000, 0x2000]
+    assert [read_int(i) for i in range(2, 8)] == [7, 3, 5, 4, 1, 0]  # T, B, H, P, batch_first, reverse
+    assert [read_ptr(8), read_ptr(9)] == [0x3000, 0x4000]
