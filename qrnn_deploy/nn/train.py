@@ -230,7 +230,8 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
         vloss = evaluate_loss(model, va_src, va_tgt, cfg.max_tokens, dev) if va_src else float("nan")
         samples = []
         if va_pairs and cfg.log_samples:
-            hyps = greedy_decode_batch(model, [vocab.encode(d) for d, _ in va_pairs[:cfg.log_samples]])
+            hyps = greedy_decode_batch(model, [vocab.encode(d) for d, _ in va_pairs[:cfg.log_samples]],
+                                       max_len=lambda n: min(200, 2 * n + 20))
             samples = [(d, e, vocab.decode(h)) for (d, e), h in zip(va_pairs, hyps)]
         improved = va_src and vloss < best
         if improved:
@@ -297,6 +298,7 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
             if trained_s - last_ckpt >= cfg.valid_every_s:
                 checkpoint("periodic")
                 last_ckpt = trained_s
-                t_prev = time.perf_counter()  # validation time is not training time
+                t_prev = win_t = time.perf_counter()  # validation time is not training time
+                win_chars = 0
         checkpoint("end")
     return TrainResult(out, step, trained_s, chars_total, best, n_params)
