@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -269,15 +270,22 @@ def parity(device: torch.device, quick: bool, seed: int = 0) -> dict:
         inputs = make_inputs(case, device, gen_cpu)
         want = reference(case, *inputs)
         tol = TOL[case["dtype"]]
-        results = {"op": rel_errors(run_op(case, *inputs), want)}
+        runs = {"op": lambda: rel_errors(run_op(case, *inputs), want)}
         if lib is not None:
-            results["c_api"] = rel_errors(run_c_api(lib, case, *inputs), want)
+            runs["c_api"] = lambda: rel_errors(run_c_api(lib, case, *inputs), want)
         if launcher is not None:
-            results["aot"] = rel_errors(run_aot(launcher, ptx, case, inputs[0], inputs[1]), want[:2])
-        for path, errs in results.items():
+            runs["aot"] = lambda: rel_errors(run_aot(launcher, ptx, case, inputs[0], inputs[1]), want[:2])
+        for path, run in runs.items():
+            try:
+                errs = run()
+            except Exception as e:  # a failed launch is a failed case, and the other paths still run
+                errs, note = [float("inf")], f"{type(e).__name__}: {e}"
+            else:
+                note = None
             paths[path].append((case["dtype"], max(errs)))
             if max(errs) > tol:
-                failures.append({"path": path, **{k: str(v) for k, v in case.items()}, "errors": errs})
+                failures.append({"path": path, **{k: str(v) for k, v in case.items()}, "errors": errs,
+                                 **({"exception": note} if note else {})})
     summary = {}
     for path, rows in paths.items():
         if not rows:
@@ -310,7 +318,7 @@ def bandwidth(device: torch.device, quick: bool) -> list:
         copy_ms = timed(lambda: dst.copy_(src), device)  # reads and writes moved // 2 bytes each
         fo_gbs, copy_gbs = moved / ms / 1e6, moved / copy_ms / 1e6
         rows.append({"T": T, "B": B, "H": H, "dtype": str(dtype).replace("torch.", ""), "fo_pool_ms": round(ms, 4),
-                     "fo_pool_GBps": round(fo_gbs, 1), "copy_GBps": round(copy_gbs, 1),
+                     "fo_pool_GBps": float(f"{fo_gbs:.4g}"), "copy_GBps": float(f"{copy_gbs:.4g}"),
                      "ratio": round(fo_gbs / copy_gbs, 3)})
         del gates, src, dst
     return rows
@@ -380,47 +388,71 @@ def lm_training_step(device: torch.device, quick: bool) -> list:
 # ---- report ----------------------------------------------------------------------------------
 
 
-def markdown(res: dict) -> str:
-    env = res["environment"]
-    lines = [f"## GPU check: {env['device']}", "",
-             f"Driver {env.get('driver')}, {env.get('capability', 'no GPU')}, CUDA compiler {env.get('nvcc', 'none')}, "
-             f"PyTorch {env['torch']}, {env['date']}. Command: `bash scripts/gpu_check.sh`.", ""]
-    b = res["build"]
-    lines += [f"Kernel build: {b['status']}" + (f" in {b['seconds']} s" if "seconds" in b else ""), ""]
-    p = res["parity"]
-    lines += [f"Parity against a float64 reference (max error relative to max(1, |ref|)): "
-              f"**{'PASS' if p['ok'] else 'FAIL'}**", "", "| path | float32 | float16 | bfloat16 | cases |",
-              "| --- | --- | --- | --- | --- |"]
+def _md_parity(p: dict) -> list:
+    lines = [f"Parity against a float64 reference (max error relative to max(1, |ref|)): "
+             f"**{'PASS' if p['ok'] else 'FAIL'}**", "", "| path | float32 | float16 | bfloat16 | cases |",
+             "| --- | --- | --- | --- | --- |"]
     for path, s in p["max_rel_error"].items():
         if isinstance(s, str):
             lines.append(f"| {path} | {s} | | | |")
         else:
             lines.append(f"| {path} | {s.get('float32', 0):.1e} | {s.get('float16', 0):.1e} | "
                          f"{s.get('bfloat16', 0):.1e} | {s['cases']} |")
-    lines += ["", "FoPool forward (fo, with c0) bandwidth beside a device copy of the same bytes:", "",
-              "| T | B | H | dtype | fo_pool ms | fo_pool GB/s | copy GB/s | ratio |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in res["bandwidth"]:
+    for f in p["failures"][:5]:
+        lines.append(f"- failed: {f}")
+    return lines
+
+
+def _md_bandwidth(rows: list) -> list:
+    lines = ["FoPool forward (fo, with c0) bandwidth beside a device copy of the same bytes:", "",
+             "| T | B | H | dtype | fo_pool ms | fo_pool GB/s | copy GB/s | ratio |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
         lines.append(f"| {r['T']} | {r['B']} | {r['H']} | {r['dtype']} | {r['fo_pool_ms']} | {r['fo_pool_GBps']} | "
                      f"{r['copy_GBps']} | {r['ratio']:.0%} |")
-    rows = res["figure4"]
+    return lines
+
+
+def _md_figure4(rows: list) -> list:
     seqs = sorted({r["seq"] for r in rows})
-    lines += ["", "Figure 4 (right): one 320-unit QRNN layer (window 2, gate projection included) vs a 320-unit "
-              "torch.nn.LSTM, forward, float32; speedup = LSTM time / QRNN time (QRNN ms / LSTM ms):", "",
-              "| batch \\ seq | " + " | ".join(str(s) for s in seqs) + " |", "| --- |" + " --- |" * len(seqs)]
+    lines = ["Figure 4 (right): one 320-unit QRNN layer (window 2, gate projection included) vs a 320-unit "
+             "torch.nn.LSTM, forward, float32; speedup = LSTM time / QRNN time (QRNN ms / LSTM ms):", "",
+             "| batch \\ seq | " + " | ".join(str(s) for s in seqs) + " |", "| --- |" + " --- |" * len(seqs)]
     for B in sorted({r["batch"] for r in rows}):
         cells = []
         for s in seqs:
             r = next(r for r in rows if r["batch"] == B and r["seq"] == s)
             cells.append(f"**{r['speedup']}x** ({r['qrnn_ms']:.3g} / {r['lstm_ms']:.3g})")
         lines.append(f"| {B} | " + " | ".join(cells) + " |")
-    lines += ["", "Paper (Titan X Maxwell, 2016): 5.5x-16.9x at batch 8, 1.3x-1.4x at batch 256.", "",
-              "Training step (forward, backward, clipping, SGD) of a 2-layer {hidden}-unit LM (batch {batch}, "
-              "{seq} steps, vocabulary {vocab}, float32; QRNN windows 2 and 1):".format(**res["lm_training"][0]), "",
-              "| model | ms / step | speedup vs LSTM |", "| --- | --- | --- |"]
-    for r in res["lm_training"]:
+    lines += ["", "Paper (Titan X Maxwell, 2016): 5.5x-16.9x at batch 8, 1.3x-1.4x at batch 256."]
+    return lines
+
+
+def _md_lm(rows: list) -> list:
+    lines = ["Training step (forward, backward, clipping, SGD) of a 2-layer {hidden}-unit LM (batch {batch}, "
+             "{seq} steps, vocabulary {vocab}, float32; QRNN windows 2 and 1):".format(**rows[0]), "",
+             "| model | ms / step | speedup vs LSTM |", "| --- | --- | --- |"]
+    for r in rows:
         lines.append(f"| {r['model']} | {r['step_ms']} | {r['speedup_vs_lstm']}x |")
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def markdown(res: dict) -> str:
+    env = res["environment"]
+    lines = [f"## GPU check: {env['device']}", "",
+             f"Driver {env.get('driver')}, {env.get('capability', 'no GPU')}, CUDA compiler {env.get('nvcc', 'none')}, "
+             f"PyTorch {env['torch']}, {env['date']}. Command: `bash scripts/gpu_check.sh`.", ""]
+    b = res["build"]
+    lines += [f"Kernel build: {b.get('status', b.get('error'))}" + (f" in {b['seconds']} s" if "seconds" in b else ""),
+              ""]
+    for key, fn in (("parity", _md_parity), ("bandwidth", _md_bandwidth), ("figure4", _md_figure4),
+                    ("lm_training", _md_lm)):
+        value = res[key]
+        if isinstance(value, dict) and "error" in value:
+            lines += [f"{key}: **FAILED** ({value['error']})", ""]
+        else:
+            lines += fn(value) + [""]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -443,14 +475,19 @@ def main(argv=None) -> int:
                     ("figure4", lambda: figure4(device, args.quick)),
                     ("lm_training", lambda: lm_training_step(device, args.quick))]:
         t = time.perf_counter()
-        res[key] = fn()
+        try:
+            res[key] = fn()
+        except Exception as e:  # one broken section must not lose the report of the others
+            traceback.print_exc()
+            res[key] = {"error": f"{type(e).__name__}: {e}"}
         print(f"gpu_check: {key} done in {time.perf_counter() - t:.1f} s", flush=True)
     res["seconds"] = round(time.perf_counter() - t0, 1)
     (out / "gpu_check.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     md = markdown(res)
     (out / "benchmarks-gpu.md").write_text(md)
     print(md)
-    return 0 if res["parity"]["ok"] else 1
+    failed = [k for k, v in res.items() if isinstance(v, dict) and "error" in v]
+    return 0 if res["parity"].get("ok") and not failed else 1
 
 
 if __name__ == "__main__":

@@ -74,3 +74,26 @@ def test_aot_kernel_arguments_are_packed_in_tensorrt_order(gpu_check):
     assert [read_ptr(0), read_ptr(1)] == [0x1000, 0x2000]
     assert [read_int(i) for i in range(2, 8)] == [7, 3, 5, 4, 1, 0]  # T, B, H, P, batch_first, reverse
     assert [read_ptr(8), read_ptr(9)] == [0x3000, 0x4000]
+
+
+def test_a_crashing_section_is_reported_and_the_others_still_run(gpu_check, monkeypatch, tmp_path):
+    def broken(device, quick):
+        raise RuntimeError("cuDNN went away")
+
+    monkeypatch.setattr(gpu_check, "figure4", broken)
+    monkeypatch.setattr(gpu_check, "lm_training_step", lambda device, quick: [
+        {"model": "QRNN", "step_ms": 1.0, "hidden": 8, "batch": 1, "seq": 2, "vocab": 3, "speedup_vs_lstm": 2.0},
+        {"model": "LSTM", "step_ms": 2.0, "hidden": 8, "batch": 1, "seq": 2, "vocab": 3, "speedup_vs_lstm": 1.0}])
+    assert gpu_check.main(["--cpu", "--quick", "--out", str(tmp_path)]) == 1
+    md = (tmp_path / "benchmarks-gpu.md").read_text()
+    assert "figure4: **FAILED** (RuntimeError: cuDNN went away)" in md
+    assert "**PASS**" in md and "copy GB/s" in md and "| QRNN | 1.0 | 2.0x |" in md
+
+
+def test_a_raising_kernel_is_a_failed_case_not_a_crash(gpu_check, monkeypatch):
+    def raising(*a, **k):
+        raise RuntimeError("launch failed")
+
+    monkeypatch.setattr(gpu_check, "run_op", raising)
+    res = gpu_check.parity(torch.device("cpu"), quick=True)
+    assert not res["ok"] and res["failures"][0]["exception"] == "RuntimeError: launch failed"
