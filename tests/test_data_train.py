@@ -173,3 +173,23 @@ def test_shipped_model_loads_and_translates():
     vocab = CharVocab.from_json(m.extra["vocab"])
     out = vocab.decode(m.greedy_decode(vocab.encode("Haus"), max_len=30))
     assert out and set(out) <= set(vocab.symbols)
+
+
+def test_shipped_model_exports_and_the_runtime_translates_alike(tmp_path):
+    from qrnn_deploy.cli.quickstart import pretrained_path
+    from qrnn_deploy.errors import BuildError
+    from qrnn_deploy.export import export_bundle
+    from qrnn_deploy.nn import load_checkpoint
+    from qrnn_deploy.runtime import load_bundle
+    from qrnn_deploy.vocab import CharVocab
+
+    m = load_checkpoint(pretrained_path())
+    vocab = CharVocab.from_json(m.extra["vocab"])
+    try:
+        export_bundle(m, tmp_path / "b", fo_pool="custom", verify=False)
+    except BuildError:  # the native custom-op library is not built here
+        export_bundle(m, tmp_path / "b", fo_pool="portable", verify=False)
+    tr = load_bundle(str(tmp_path / "b"), threads=1).translator()
+    for text in ("Haus", "Guten Morgen."):
+        want = m.greedy_decode(vocab.encode(text), max_len=40)
+        assert tr.translate_ids(text, max_len=40) == want
