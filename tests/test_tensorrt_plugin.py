@@ -1,9 +1,10 @@
 """The C++ TensorRT plugin (plugins/tensorrt) on machines without TensorRT.
 
-TensorRT is not installed here, so the plugin is compiled (syntax and types only, -fsyntax-only)
-against tests/trt_api_subset/NvInferRuntime.h, a hand-written subset of TensorRT 10's documented
-plugin API, and CMake is checked to build the plugin only when TensorRT's headers are found.
-Neither proves the plugin against NVIDIA's real headers or a real engine: that run is owed.
+TensorRT is not installed here, so the plugin is compiled against tests/trt_api_subset/NvInferRuntime.h,
+a hand-written subset of TensorRT 10's documented plugin API, its logic is run on the CPU by
+tests/trt_api_subset/plugin_harness.cpp (the CUDA launcher recorded, not launched), and CMake is
+checked to build the plugin only when TensorRT's headers are found. None of this proves the plugin
+against NVIDIA's real headers or inside a real engine: that run is owed.
 """
 
 from __future__ import annotations
@@ -27,6 +28,23 @@ def test_plugin_compiles_against_the_documented_api_subset():
            "-I", str(CUDA_INCLUDE), str(ROOT / "plugins" / "tensorrt" / "fo_pool_plugin.cpp")]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+@pytest.mark.skipif(CXX is None or not (CUDA_INCLUDE / "cuda_runtime_api.h").is_file(),
+                    reason="needs a C++ compiler and the CUDA headers")
+def test_plugin_logic_runs_in_the_cpu_harness(tmp_path):
+    # Fields, serialisation round trip, output shape expressions, formats, shape checks and the
+    # exact arguments enqueue gives the CUDA launcher (recorded, not launched).
+    exe = tmp_path / "harness"
+    cmd = ["nice", CXX, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Wno-unused-parameter",
+           "-I", str(ROOT / "tests" / "trt_api_subset"), "-I", str(ROOT / "plugins" / "tensorrt"),
+           "-I", str(ROOT / "plugins" / "cuda"), "-I", str(CUDA_INCLUDE),
+           str(ROOT / "plugins" / "tensorrt" / "fo_pool_plugin.cpp"),
+           str(ROOT / "tests" / "trt_api_subset" / "plugin_harness.cpp"), "-o", str(exe)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stdout + run.stderr
 
 
 def test_plugin_identity_matches_the_design():

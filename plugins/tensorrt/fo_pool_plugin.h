@@ -11,8 +11,10 @@
 // is wired), which enqueue needs and is only known after configurePlugin.
 //
 // Written against TensorRT's documented C++ API (10.x); TensorRT is not installed on the
-// project's development machines, so this file has been compiled only against a hand-written
-// declaration subset of that API (tests/test_tensorrt_plugin.py), never against NVIDIA's headers.
+// project's development machines, so this code has been compiled only against a hand-written
+// declaration subset of that API, and its logic (fields, serialisation, shapes, enqueue's
+// arguments) run on the CPU by a harness (tests/test_tensorrt_plugin.py); never against NVIDIA's
+// headers, never inside TensorRT.
 #pragma once
 
 #include <NvInferRuntime.h>

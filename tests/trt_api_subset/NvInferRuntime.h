@@ -1,9 +1,11 @@
 // NOT NVIDIA's header. A hand-written declaration subset of the TensorRT 10 C++ plugin API, as
 // documented at docs.nvidia.com (nvinfer1::IPluginV3, IPluginV3OneCore/Build/Runtime,
 // IPluginCreatorV3One, IExprBuilder, PluginField...), written for this project so that
-// tests/test_tensorrt_plugin.py can compile plugins/tensorrt/ on machines without TensorRT and
-// catch C++ mistakes. It declares only what the plugin uses; layouts and values of the real
-// headers are not reproduced, so nothing built against this file is ever linked or run.
+// tests/test_tensorrt_plugin.py can compile plugins/tensorrt/ on machines without TensorRT, catch
+// C++ mistakes, and run the plugin's own logic in plugin_harness.cpp (which defines the few
+// builder methods declared here). It declares only what the plugin uses; layouts and values of
+// the real headers are not reproduced, so nothing built against it is ever shipped or loaded by
+// TensorRT.
 #pragma once
 
 #include <cuda_runtime_api.h>
