@@ -163,10 +163,12 @@ def register_plugin(arch: str = "compute_80") -> None:
     @trtp.register(PLUGIN_ID)
     def _desc(gates: trtp.TensorDesc, c0: trtp.TensorDesc, pooling: str, batch_first: int,
               reverse: int) -> tuple[trtp.TensorDesc, trtp.TensorDesc]:
-        P = POOLING_P[pooling]
-        h = gates.like()
-        h.shape_expr[2] = gates.shape_expr[2] // P
-        return h, c0.like()
+        # New shape-expression tuples: TensorDesc.like() shares the input's ShapeExprs object,
+        # so editing its copy in place would change the input's shape too.
+        d = gates.shape_expr
+        H = d[2] // POOLING_P[pooling]
+        B = d[0] if batch_first else d[1]
+        return trtp.from_shape_expr((d[0], d[1], H), dtype=gates.dtype), trtp.from_shape_expr((B, H), dtype=gates.dtype)
 
     @trtp.autotune(PLUGIN_ID)
     def _autotune(gates, c0, outputs):
