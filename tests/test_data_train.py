@@ -161,6 +161,11 @@ def test_quickstart_reduced(tiny_dict, tmp_path, capsys):
     s = json.loads((out / "quickstart.json").read_text())
     assert (out / "bundle" / "manifest.json").is_file() and s["verification"]
     assert s["scores"]["pairs"] == 8 and len(s["examples"]) == 2
+    # `evaluate` on the bundle (runtime) and on the checkpoint (PyTorch) agree with quickstart's scores.
+    for target in (out / "bundle", out / "train" / "best.safetensors"):
+        _run_ok(["evaluate", str(target), "--data-file", str(tiny_dict), "--limit", "8", "--json", str(tmp_path / "e.json")])
+        e = json.loads((tmp_path / "e.json").read_text())
+        assert (e["chrf"], e["bleu"], e["copy_chrf"]) == (s["scores"]["chrf"], s["scores"]["bleu"], s["scores"]["copy_chrf"])
 
 
 def test_shipped_model_loads_and_translates():
