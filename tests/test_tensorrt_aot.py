@@ -122,3 +122,61 @@ def test_aot_kernel_returns_name_ptx_and_params_together(tmp_path, monkeypatch):
     # Cached: a second call reads the file instead of running nvcc.
     assert aot.compile_ptx("compute_80") == text
     assert len(list((tmp_path / "ptx").glob("*.ptx"))) == 1
+
+
+@needs_nvcc
+def test_register_plugin_wires_the_plain_python_parts(monkeypatch, tmp_path):
+    """register_plugin against a stand-in of `tensorrt.plugin` that records the decorated functions
+    (TensorRT itself is not installed): the shape function, the autotune combinations and the
+    aot_impl must return what the real module expects, built from this module's own functions."""
+    import sys
+    import types
+
+    recorded = {}
+
+    def deco(kind):
+        def outer(plugin_id):
+            def inner(fn):
+                recorded[kind] = (plugin_id, fn)
+                return fn
+            return inner
+        return outer
+
+    class Desc:
+        def __init__(self, shape_expr, dtype):
+            self.shape_expr, self.dtype = tuple(shape_expr), dtype
+
+    class KernelLaunchParams:
+        pass
+
+    class SymIntExprs(list):
+        @classmethod
+        def from_tuple(cls, items):
+            return cls(items)
+
+    trtp = types.ModuleType("tensorrt.plugin")
+    trtp.register, trtp.autotune, trtp.aot_impl = deco("register"), deco("autotune"), deco("aot_impl")
+    trtp.TensorDesc = Desc
+    trtp.from_shape_expr = lambda shape, dtype: Desc(shape, dtype)
+    trtp.AutoTuneCombination = lambda spec: spec
+    trtp.KernelLaunchParams = KernelLaunchParams
+    trtp.SymIntExprs = SymIntExprs
+    trtp.SymInt32 = lambda e: ("i32", e)
+    trt = types.ModuleType("tensorrt")
+    trt.float16, trt.float32, trt.plugin = "f16", "f32", trtp
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setitem(sys.modules, "tensorrt.plugin", trtp)
+    monkeypatch.setattr(aot, "_registered", False)
+    monkeypatch.setenv("QRNN_CACHE_DIR", str(tmp_path))
+
+    aot.register_plugin()
+    assert {k: v[0] for k, v in recorded.items()} == {k: "qrnn::FoPool" for k in ("register", "autotune", "aot_impl")}
+    gates, c0 = Desc((3, 7, 20), "f16"), Desc((3, 5), "f16")  # batch-first [B=3, T=7, 4*H]
+    h, c_last = recorded["register"][1](gates, c0, "ifo", 1, 0)
+    assert h.shape_expr == (3, 7, 5) and c_last.shape_expr == (3, 5) and gates.shape_expr == (3, 7, 20)
+    assert recorded["autotune"][1](gates, c0, ()) == ["FP32|FP16, FP32|FP16, FP32|FP16, FP32|FP16"]
+    name, ptx, params, extra = recorded["aot_impl"][1](gates, c0, "ifo", 1, 0, (h, c_last), 0)
+    assert name == b"qrnn_fo_pool_aot_f16" and b".entry qrnn_fo_pool_aot_f16(" in ptx
+    assert (params.grid_x, params.block_x, params.shared_mem) == (1, 128, 0)
+    assert list(extra) == [("i32", v) for v in (7, 3, 5, 4, 1, 0)]
+    aot.register_plugin()  # idempotent
