@@ -133,6 +133,13 @@ def test_translate_matches_python_runtime(programs, bundles, python_reference, b
     assert translate_ids(programs, bundles[variant], "--beam", beam) == python_reference[beam]
 
 
+@pytest.mark.parametrize("length_penalty", [0.0, 0.6, 2.0])
+def test_beam_length_penalty_matches_python_runtime(programs, bundles, length_penalty):
+    tr = load_bundle(bundles["custom"], threads=1).translator()
+    want = [tr.translate_ids(s, beam=3, max_len=MAX_LEN, length_penalty=length_penalty) for s in SOURCES]
+    assert translate_ids(programs, bundles["custom"], "--beam", 3, "--length-penalty", length_penalty) == want
+
+
 def test_translate_text_output(programs, bundles):
     tr = load_bundle(bundles["custom"], threads=1).translator()
     for beam in (1, 4):
