@@ -8,7 +8,8 @@ client streams German sentences for --seconds: the source in pieces, then "end",
 tokens until "done", and starts the next sentence. Reported per N:
 
 - tokens/s over all clients, and the ratio to N = 1 (batching: target >= 5x at 32),
-- per-token latency p50 / p99: the gap between consecutive token arrivals at the client,
+- per-token latency p50 / p99: the gap between consecutive token arrivals at the client (tokens
+  that arrive in one message, having become final together, count with a gap of 0),
 - time per output token (TPOT) p50: (done - first token) / (tokens - 1) per sentence,
 - first-token latency p50 / p99 after the source ends ("end" sent -> first token received),
 - errors (error messages, refused or dropped connections), server RSS before / after.
@@ -80,11 +81,13 @@ def build_bundle(out: Path, fo_pool: str, seed: int = 0) -> dict:
 
 def raw_sentence(translator, sentence: str, tokens: int, pieces: list) -> dict:
     """One translation decoded alone in this thread, as the engine does it (source pieces fed,
-    then DecodeBatch.step per token). Wall and CPU seconds per token, first-token time."""
+    then DecodeBatch.step per token). Wall seconds per token (decoding), CPU seconds per token
+    (encoding + decoding, the same work the server does), first-token time."""
+    c0 = time.thread_time()
     ts = translator.stream()
     for p in pieces:
         ts.feed(p)
-    c0, t0 = time.thread_time(), time.perf_counter()
+    t0 = time.perf_counter()
     d = ts.decoder(beam=1, max_len=tokens)
     b = translator.decode_batch()
     n, first, steps = 0, None, []
@@ -98,11 +101,11 @@ def raw_sentence(translator, sentence: str, tokens: int, pieces: list) -> dict:
     return {"tokens": n, "wall": wall / max(n, 1), "cpu": cpu / max(n, 1), "first": first, "steps": steps}
 
 
-def raw_batched_tps(translator, n: int, tokens: int, rounds: int = 2) -> float:
-    """Tokens per second of DecodeBatch stepping n greedy translations together (the runtime's
-    ceiling for n streams on this thread)."""
-    total, elapsed = 0, 0.0
-    for r in range(rounds):
+def raw_batched_tps(translator, n: int, tokens: int, min_seconds: float = 1.0) -> float:
+    """Tokens per second of DecodeBatch stepping n greedy translations together, in this thread
+    (the runtime's own figure for n streams), over at least `min_seconds`."""
+    total, elapsed, r = 0, 0.0, 0
+    while elapsed < min_seconds:
         decoders = []
         for j in range(n):
             ts = translator.stream()
@@ -113,6 +116,7 @@ def raw_batched_tps(translator, n: int, tokens: int, rounds: int = 2) -> float:
         while not all(d.done for d in decoders):
             total += sum(len(x) for x in b.step(decoders))
         elapsed += time.perf_counter() - t0
+        r += 1
     return total / elapsed
 
 
@@ -161,13 +165,15 @@ async def sentence(ws, pieces: list, st: Stats, settle: bool = False) -> None:
         m = json.loads(await ws.recv())
         now = time.perf_counter()
         if m["type"] == "token":
+            k = len(m["ids"])  # tokens that became final together share one message
             if last is None:
                 first = now
                 st.first.append(now - t_end)
+                st.gaps += [0.0] * (k - 1)
             else:
-                st.gaps.append(now - last)
+                st.gaps += [now - last] + [0.0] * (k - 1)
             last = now
-            n += 1
+            n += k
         elif m["type"] == "done":
             st.tokens += n
             st.sentences += 1
@@ -201,21 +207,25 @@ async def load(url: str, n: int, seconds: float, seed: int) -> tuple:
     return st, time.perf_counter() - t0
 
 
-async def one_stream_interleaved(url: str, tr, rounds: int, tokens: int, pid: int, seed: int) -> dict:
-    """Alternates one sentence decoded by the raw runtime here with the same sentence (same
-    pieces) through the server, so both see the same machine load."""
+async def one_stream_interleaved(url: str, tr, rounds: int, tokens: int, pid: int, seed: int,
+                                 block: int = 5) -> dict:
+    """Blocks of `block` sentences decoded by the raw runtime here, alternating with blocks of the
+    same sentences (same pieces) through the server, so both see the same machine load; blocks
+    rather than single sentences, so neither side starts right after the other's CPU burst."""
     from websockets.asyncio.client import connect
 
     rng = random.Random(seed)
+    plan = [(SENTENCES[r % len(SENTENCES)], None) for r in range(rounds)]
+    plan = [(s, split_pieces(s, rng)) for s, _ in plan]
     raw, srv = [], Stats()
     cpu_srv, srv_tokens = 0.0, 0
     async with connect(url, max_size=None, compression=None) as ws:
-        for r in range(rounds):
-            s = SENTENCES[r % len(SENTENCES)]
-            pieces = split_pieces(s, rng)
-            raw.append(raw_sentence(tr, s, tokens, pieces))
+        for b in range(0, rounds, block):
+            part = plan[b:b + block]
+            raw += [raw_sentence(tr, s, tokens, pieces) for s, pieces in part]
             c0, n0 = cpu_seconds(pid), srv.tokens
-            await sentence(ws, pieces, srv, settle=True)
+            for s, pieces in part:
+                await sentence(ws, pieces, srv, settle=True)
             cpu_srv += cpu_seconds(pid) - c0
             srv_tokens += srv.tokens - n0
     return {"raw": raw, "srv": srv, "srv_cpu_per_token": cpu_srv / max(srv_tokens, 1)}
@@ -233,6 +243,7 @@ def main() -> None:
     ap.add_argument("--fo-pool", default="auto", choices=["auto", "custom", "portable"])
     ap.add_argument("--rounds", type=int, default=30, help="1-stream sentences interleaved with the raw runtime.")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--build-only", metavar="DIR", help=argparse.SUPPRESS)
     args = ap.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
 
@@ -244,9 +255,19 @@ def main() -> None:
             fo_pool = "custom" if Path(ort_library_path()).is_file() else "portable"
         except Exception:
             fo_pool = "portable"
+    if args.build_only:
+        print(json.dumps(build_bundle(Path(args.build_only), fo_pool, args.seed)))
+        return
     tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     bundle = tmp / "bundle"
-    info = build_bundle(bundle, fo_pool, args.seed)
+    # torch stays out of this process: its idle OpenMP threads would take CPU from the server
+    # (measured: the server's first-token time tripled on 2 cores after one torch matmul here).
+    r = subprocess.run([sys.executable, __file__, "--build-only", str(bundle), "--fo-pool", fo_pool,
+                        "--seed", str(args.seed)], capture_output=True, text=True, cwd=str(REPO),
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    if r.returncode != 0:
+        raise SystemExit(f"building the bundle failed:\n{r.stderr}")
+    info = json.loads(r.stdout.strip().splitlines()[-1])
 
     from qrnn_deploy.runtime import load_bundle
 
@@ -294,7 +315,8 @@ def main() -> None:
     print(f"model: {info['model']}; bundle fo_pool={fo_pool}; onnxruntime 1 thread (server and baseline); "
           f"{args.tokens} tokens per sentence; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print()
-    print(f"1 stream, {args.rounds} sentences interleaved with the raw runtime on the same sentences (medians):")
+    print(f"1 stream, {args.rounds} sentences through the server in blocks of 5 alternating with the raw runtime on the "
+          "same sentences (medians):")
     print("| path | per token ms (wall) | CPU per token ms | first token ms | step p50 ms |")
     print("|---|---|---|---|---|")
     print(f"| raw runtime (DecodeBatch alone, this process) | {raw_wall * 1e3:.3f} | {raw_cpu * 1e3:.3f} | "

@@ -117,13 +117,15 @@ async def translate_ws(ws, pieces, **end):
     for p in pieces:
         await ws.send(json.dumps({"type": "source", "text": p}))
     await ws.send(json.dumps({"type": "end", **end}))
-    tokens = []
+    tokens, n = [], 0  # message texts; tokens counted by ids
     while True:
         m = await recv(ws)
         if m["type"] == "token":
-            assert m["index"] == len(tokens)
+            assert m["index"] == n and len(m["ids"]) >= 1
+            n += len(m["ids"])
             tokens.append(m["text"])
         elif m["type"] == "done":
+            assert m["tokens"] == n
             return tokens, m
         else:
             raise AssertionError(f"unexpected message {m}")
@@ -158,7 +160,7 @@ def test_stream_in_pieces_equals_runtime(server, expected):
             for s in SOURCES:  # many sentences on one connection
                 tokens, done = await translate_ws(ws, pieces_of(s))
                 assert done["text"] == "".join(tokens) == expected[(s, 1)]
-                assert done["tokens"] == len(tokens) and done["source_chars"] == len(s)
+                assert done["source_chars"] == len(s)
                 assert done["first_token_ms"] is None or 0 <= done["first_token_ms"] <= done["decode_ms"]
             for s in SOURCES[:4]:
                 tokens, done = await translate_ws(ws, pieces_of(s, 4), beam=3)
@@ -248,6 +250,7 @@ def test_http_endpoints(server, expected):
         parsed = [(e.split("\n")[0][len("event: "):], json.loads(e.split("\n")[1][len("data: "):])) for e in events]
         assert [k for k, _ in parsed[:-1]] == ["token"] * (len(parsed) - 1) and parsed[-1][0] == "done"
         assert "".join(p["text"] for k, p in parsed[:-1]) == parsed[-1][1]["text"] == expected[("dead beef", 1)]
+        assert sum(len(p["ids"]) for k, p in parsed[:-1]) == parsed[-1][1]["tokens"]
         # bad requests
         for body, code, status in [(b"{", "bad_json", 400), (b'{"text": 3}', "bad_message", 400),
                                    (b'{"text": ""}', "empty_source", 400), (b'{"text": "a", "beam": 0}', "bad_option", 400),
@@ -690,12 +693,13 @@ def test_web_page_in_headless_chromium(translator, tmp_path):
                     spans = await cdp.eval("[...document.querySelectorAll('#out span.tok')].map(s => s.title)")
                     bars = await cdp.eval("document.querySelectorAll('#bars div').length")
                     first = await cdp.eval("document.getElementById('s-first').textContent")
+                    ntok = await cdp.eval("document.body.dataset.tokens")
                     arrivals = await cdp.eval("window.arrivals")
                     hist = await cdp.eval("document.querySelector('#hist tr td:nth-child(2)').textContent")
                     shot = await cdp.call("Page.captureScreenshot", format="png")
-                    return out, spans, bars, first, arrivals, hist, shot["data"]
+                    return out, spans, bars, first, ntok, arrivals, hist, shot["data"]
 
-            out, spans, bars, first, arrivals, hist, png = run(main())
+            out, spans, bars, first, ntok, arrivals, hist, png = run(main())
         finally:
             proc.terminate()
             try:
@@ -703,7 +707,7 @@ def test_web_page_in_headless_chromium(translator, tmp_path):
             except subprocess.TimeoutExpired:
                 proc.kill()
     assert out == hist == want
-    assert len(spans) == bars == len(want) and all(" ms after the previous" in t for t in spans)
+    assert len(spans) == bars >= 3 and int(ntok) == len(want) and all(" ms after the previous" in t for t in spans)
     assert float(first) > 0
     # tokens arrived over time, one decoder step (>= 20 ms here) apart, not all at once
     assert len({round(t) for t, _ in arrivals}) >= 3 and arrivals[-1][0] - arrivals[0][0] >= 40

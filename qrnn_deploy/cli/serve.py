@@ -37,6 +37,9 @@ def serve(bundle: str = typer.Argument(..., help="Seq2seq bundle directory (writ
                                               "late (first tokens never wait; 0 = every step)."),
           drain_timeout: float = typer.Option(30.0, "--drain-timeout",
                                               help="SIGTERM: seconds to let open translations finish."),
+          switch_interval_ms: float = typer.Option(0.2, "--switch-interval-ms", min=0.01,
+                                                   help="Python's GIL switch interval in this process "
+                                                        "(CPython's default is 5 ms)."),
           log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
           access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log every HTTP request.")):
     """Serve a seq2seq bundle: WebSocket streaming, HTTP translation, metrics and a live page at /."""
@@ -50,4 +53,4 @@ def serve(bundle: str = typer.Argument(..., help="Seq2seq bundle directory (writ
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
     run_server(bundle, cfg, host=host, port=port, threads=threads, backend=backend, log_level=log_level,
-               access_log=access_log)
+               access_log=access_log, switch_interval=switch_interval_ms / 1000)

@@ -27,7 +27,7 @@ from qrnn_deploy.serve.metrics import ServerMetrics
 from qrnn_deploy.serve.openapi import openapi_spec
 from qrnn_deploy.serve.protocol import ProtocolError, decode_options
 from qrnn_deploy.serve.state import ServerState
-from qrnn_deploy.serve.ws import done_payload, stream_endpoint
+from qrnn_deploy.serve.ws import done_payload, stream_endpoint, token_payload
 
 STATIC = Path(__file__).parent / "static"
 
@@ -168,17 +168,21 @@ async def translate(request: Request) -> Response:
         try:
             await start()
             index = 0
-            async for ev in job.results():
-                if ev["type"] == "token":
-                    payload = {"text": ev["text"], "id": ev["id"], "index": index,
-                               "ms": round((ev["t"] - job.t_end) * 1000, 3)}
-                    index += 1
-                elif ev["type"] == "done":
+            async for evs in job.batches():
+                msg = token_payload(job, evs, index)
+                if msg is not None:
+                    msg.pop("type")
+                    index += len(msg["ids"])
+                    yield f"event: token\ndata: {json.dumps(msg, ensure_ascii=False)}\n\n"
+                ev = evs[-1]
+                if ev["type"] == "done":
                     payload = done_payload(job, ev, beam)
                     payload.pop("type")
-                else:
+                elif ev["type"] == "error":
                     st.metrics.errors.inc(kind="translate_failed")
                     payload = {"code": "translate_failed", "message": ev["message"]}
+                else:
+                    continue
                 yield f"event: {ev['type']}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n"
         except QRNNError as e:
             st.metrics.errors.inc(kind="translate_failed")

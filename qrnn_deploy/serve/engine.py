@@ -84,10 +84,21 @@ class Job:
 
     async def results(self):
         """Yields this job's events until (and including) its done or error event."""
+        async for evs in self.batches():
+            for ev in evs:
+                yield ev
+
+    async def batches(self):
+        """Yields lists of this job's events: each list is everything queued by then (at least
+        one event), so tokens that became final together can go out in one message. Ends after
+        the done or error event, which is always the last of its list."""
+        q = self.events
         while True:
-            ev = await self.events.get()
-            yield ev
-            if ev["type"] in ("done", "error"):
+            evs = [await q.get()]
+            while evs[-1]["type"] == "token" and not q.empty():
+                evs.append(q.get_nowait())
+            yield evs
+            if evs[-1]["type"] in ("done", "error"):
                 return
 
 

@@ -32,6 +32,17 @@ class _Close(Exception):
         self.code = code
 
 
+def token_payload(job: Job, evs: list, index: int) -> Optional[dict]:
+    """One message for the tokens among `evs` (those that became final by the time the sender
+    got to them: usually one; several when the network side fell behind or steps were shorter
+    than the flush interval). None when there is no token."""
+    toks = [e for e in evs if e["type"] == "token"]
+    if not toks:
+        return None
+    return {"type": "token", "text": "".join(e["text"] for e in toks), "ids": [e["id"] for e in toks],
+            "index": index, "ms": round((toks[-1]["t"] - job.t_end) * 1000, 3)}
+
+
 def done_payload(job: Job, ev: dict, beam: int) -> dict:
     """The final message of one translation: text plus counts and timings (milliseconds)."""
     t_end = job.t_end or ev["t"]
@@ -172,14 +183,15 @@ class StreamConnection:
             if prev is not None:
                 await asyncio.wait([prev])
             index = 0
-            async for ev in job.results():
-                if ev["type"] == "token":
-                    await self.send({"type": "token", "text": ev["text"], "id": ev["id"], "index": index,
-                                     "ms": round((ev["t"] - job.t_end) * 1000, 3)})
-                    index += 1
-                elif ev["type"] == "done":
+            async for evs in job.batches():
+                msg = token_payload(job, evs, index)
+                if msg is not None:
+                    await self.send(msg)
+                    index += len(msg["ids"])
+                ev = evs[-1]
+                if ev["type"] == "done":
                     await self.send(done_payload(job, ev, beam))
-                else:
+                elif ev["type"] == "error":
                     self.st.metrics.errors.inc(kind="translate_failed")
                     await self.send({"type": "error", "code": "translate_failed", "message": ev["message"]})
         except asyncio.CancelledError:
@@ -204,4 +216,4 @@ class StreamConnection:
         await self.drop_all()
 
 
-__all__ = ["stream_endpoint", "done_payload", "StreamConnection", "CLOSE_IDLE"]
+__all__ = ["stream_endpoint", "done_payload", "token_payload", "StreamConnection", "CLOSE_IDLE"]
