@@ -65,7 +65,7 @@ def openapi_spec(cfg: ServeConfig) -> dict:
                     "schema": {"$ref": "#/components/schemas/TranslateRequest"}}}},
                 "responses": {
                     "200": {"description": "The translation (JSON), or with stream=true server-sent events: "
-                                           "`token` {text, id, index, ms} ... then `done` or `error`",
+                                           "`token` {text, ids, index, ms} ... then `done` or `error`",
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TranslateResponse"}},
                                         "text/event-stream": {"schema": {"type": "string"}}}},
                     "400": _error_response("Malformed request or option out of range"),
@@ -76,7 +76,7 @@ def openapi_spec(cfg: ServeConfig) -> dict:
             "/v1/stream": {"get": {
                 "summary": "WebSocket: stream source pieces in, target tokens out",
                 "description": 'Client: {"type": "source", "text"} ..., {"type": "end", "beam"?, "max_len"?}, '
-                               '{"type": "reset"}, {"type": "ping"}. Server: {"type": "token", "text", "id", '
+                               '{"type": "reset"}, {"type": "ping"}. Server: {"type": "token", "text", "ids", '
                                '"index", "ms"} ..., {"type": "done", "text", ...timings}, {"type": "error", '
                                '"code", "message"}. Close codes: 1013 busy/draining, 1008 bad key, 4408 idle.',
                 "responses": {"101": {"description": "Switching protocols"}}}},

@@ -6,7 +6,7 @@ Client -> server (WebSocket text frames, JSON objects; UTF-8 binary frames are r
   {"type": "reset"}                                  drop the current sentence (source or decoding)
   {"type": "ping"}                                   answered with {"type": "pong"}
 Server -> client:
-  {"type": "token", "text", "id", "index", "ms"}      a target token that will not change
+  {"type": "token", "text", "ids", "index", "ms"}     target tokens that became final (one or more)
   {"type": "done", "text", "tokens", ...timings}      the full translation
   {"type": "reset"} / {"type": "pong"}                acknowledgements
   {"type": "error", "code", "message"}                a problem; the connection stays usable unless
