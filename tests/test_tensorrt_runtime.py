@@ -112,3 +112,191 @@ def test_runtime_backend_module_imports_without_torch():
             "assert 'torch' not in sys.modules and 'tensorrt' not in sys.modules; print('ok')")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+# ---- the runner's own logic, behind stand-ins of tensorrt and cuda-python -------------------
+#
+# TensorRT is not installed here. These stand-ins give the runner what it calls: device memory is
+# host bytes keyed by fake pointers, and the "engine" executes the bundle's ONNX graph with
+# onnxruntime on whatever the runner bound. The runner's binding by name, profile choice, copies
+# and state-buffer swapping are then checked against plain onnxruntime, chunk by chunk.
+
+import ctypes  # noqa: E402
+import types  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+class _FakeCudart:
+    class cudaMemcpyKind:
+        cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost = 1, 2
+
+    def __init__(self):
+        self.mem, self.next_ptr, self.h2d_bytes = {}, 0x1000, 0
+
+    def cudaStreamCreate(self):
+        return (0, 7)
+
+    def cudaMalloc(self, n):
+        ptr, self.next_ptr = self.next_ptr, self.next_ptr + n + 256
+        self.mem[ptr] = bytearray(n)
+        return (0, ptr)
+
+    def cudaFree(self, ptr):
+        del self.mem[ptr]
+        return (0,)
+
+    def cudaMemcpyAsync(self, dst, src, n, kind, stream):
+        if kind == 1:
+            self.mem[dst][:n] = ctypes.string_at(src, n)
+            self.h2d_bytes += n
+        else:
+            ctypes.memmove(dst, bytes(self.mem[src][:n]), n)
+        return (0,)
+
+    def cudaStreamSynchronize(self, stream):
+        return (0,)
+
+    def cudaGetErrorString(self, err):
+        return (0, b"fake")
+
+
+def _fake_tensorrt(cudart):
+    from qrnn_deploy import _native
+
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = "fake"
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
+    trt.nptype = lambda t: t
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            pass
+
+    class Context:
+        def __init__(self, engine):
+            self.engine, self.shapes, self.addr, self.results, self.profile = engine, {}, {}, None, None
+
+        def set_optimization_profile_async(self, idx, stream):
+            self.profile = idx
+            engine.profiles_used.append(idx)
+
+        def set_input_shape(self, name, shape):
+            self.shapes[name] = tuple(shape)
+            self.results = None
+
+        def set_tensor_address(self, name, ptr):
+            self.addr[name] = ptr
+
+        def _feeds(self):
+            feeds = {}
+            for n in self.engine.inputs:
+                dt = self.engine.dtypes[n]
+                nbytes = int(np.prod(self.shapes[n])) * np.dtype(dt).itemsize
+                feeds[n] = np.frombuffer(bytes(cudart.mem[self.addr[n]][:nbytes]), dtype=dt).reshape(self.shapes[n])
+            return feeds
+
+        def get_tensor_shape(self, name):
+            if self.results is None:  # TensorRT infers output shapes from the input shapes
+                self.results = dict(zip(self.engine.outputs, self.engine.sess.run(self.engine.outputs, self._feeds())))
+            return self.results[name].shape
+
+        def execute_async_v3(self, stream):
+            res = dict(zip(self.engine.outputs, self.engine.sess.run(self.engine.outputs, self._feeds())))
+            for n, v in res.items():
+                cudart.mem[self.addr[n]][:v.nbytes] = v.tobytes()
+            return True
+
+    class Engine:
+        def __init__(self, onnx_bytes):
+            self.sess = _native.ort_session(onnx_bytes, custom_ops=False)
+            self.inputs = [i.name for i in self.sess.get_inputs()]
+            self.outputs = [o.name for o in self.sess.get_outputs()]
+            types_ = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
+            self.dtypes = {i.name: types_[i.type] for i in self.sess.get_inputs() + self.sess.get_outputs()}
+            self.num_io_tensors = len(self.inputs) + len(self.outputs)
+            self.num_optimization_profiles = 2
+            self.profiles_used = []
+
+        def get_tensor_name(self, i):
+            return (self.inputs + self.outputs)[i]
+
+        def get_tensor_mode(self, n):
+            return "in" if n in self.inputs else "out"
+
+        def get_tensor_dtype(self, n):
+            return self.dtypes[n]
+
+        def create_execution_context(self):
+            return Context(self)
+
+    engine = None
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            nonlocal engine
+            engine = Engine(data)
+            trt.last_engine = engine
+            return engine
+
+    trt.Logger, trt.Runtime = Logger, Runtime
+    return trt
+
+
+@pytest.fixture
+def fake_trt_bundle(lm_bundle, tmp_path, monkeypatch):
+    import shutil
+
+    from qrnn_deploy.runtime import tensorrt_backend
+
+    b = tmp_path / "b"
+    shutil.copytree(lm_bundle, b)
+    man = load_manifest(b)
+    # The stand-in "engine" is the ONNX graph itself, with the profiles build-engine records.
+    (b / "lm.fp32.plan").write_bytes((b / "lm.onnx").read_bytes())
+    man.engines["lm"] = EngineSpec(file="lm.fp32.plan", plugin="none",
+                                   profiles=engine_profiles(man, "lm", max_batch=4, max_chunk=16))
+    man.write(b)
+    cudart = _FakeCudart()
+    trt = _fake_tensorrt(cudart)
+    monkeypatch.setattr(tensorrt_backend, "_import_tensorrt", lambda: trt)
+    monkeypatch.setattr(tensorrt_backend, "_import_cuda_runtime", lambda: cudart)
+    return b, trt, cudart
+
+
+def test_runner_streams_like_onnxruntime_and_keeps_fed_back_states_on_the_device(fake_trt_bundle):
+    b, trt, cudart = fake_trt_bundle
+    ref = load_bundle(b, backend="onnxruntime").graph("lm")
+    g = load_bundle(b, backend="tensorrt").graph("lm")
+    tokens = np.random.default_rng(0).integers(0, 12, size=(2, 9)).astype(np.int64)
+    states, ref_states = g.zero_states(2), ref.zero_states(2)
+    for lo, hi in [(0, 4), (4, 5), (5, 9)]:  # a chunk, one decoding step, a chunk
+        before = cudart.h2d_bytes
+        out, states = g.run({"tokens": tokens[:, lo:hi]}, states)
+        want, ref_states = ref.run({"tokens": tokens[:, lo:hi]}, ref_states)
+        np.testing.assert_allclose(out["logits"], want["logits"], atol=1e-6)
+        for k in states:
+            np.testing.assert_allclose(states[k], ref_states[k], atol=1e-6)
+        if lo > 0:  # states fed back unchanged were not copied up again: only the tokens were
+            assert cudart.h2d_bytes - before == tokens[:, lo:hi].nbytes
+    assert trt.last_engine.profiles_used == [1, 0]  # the chunk profile, then the decode profile
+
+
+def test_runner_copies_a_state_the_caller_changed_in_place(fake_trt_bundle):
+    b, _, _ = fake_trt_bundle
+    ref = load_bundle(b, backend="onnxruntime").graph("lm")
+    g = load_bundle(b, backend="tensorrt").graph("lm")
+    tokens = np.array([[1, 2, 3]], dtype=np.int64)
+    _, states = g.run({"tokens": tokens}, g.zero_states(1))
+    _, ref_states = ref.run({"tokens": tokens}, ref.zero_states(1))
+    for k in states:  # e.g. a stream reset by zeroing its state in place
+        states[k][...] = 0.5
+        ref_states[k][...] = 0.5
+    out, _ = g.run({"tokens": tokens}, states)
+    want, _ = ref.run({"tokens": tokens}, ref_states)
+    np.testing.assert_allclose(out["logits"], want["logits"], atol=1e-6)

@@ -6,8 +6,8 @@ Same interface as the onnxruntime backend (backends.GraphRunner: input_names, ou
 run(numpy inputs) -> numpy outputs, tensors bound by name). Per call, the optimisation profile
 recorded for the engine is chosen from the chunk length ("decode" for T = 1 where the engine has
 it, else "chunk"), with one execution context per profile. States stay on the device between
-steps where the caller feeds back the very arrays the previous call returned (what streams do):
-those inputs are not copied to the device again; their device buffers are swapped instead.
+steps where the caller feeds back, unchanged, the very arrays the previous call returned (what
+streams do): those inputs are not copied to the device again; their device buffers are swapped.
 
 Needs the `tensorrt` Python package, cuda-python (`cuda.bindings.runtime`, or the older
 `cuda.cudart`) and an NVIDIA GPU; imports them only when a runner is created, so importing this
@@ -162,18 +162,20 @@ class TensorRTRunner:
             raise StreamError(f"graph {self.role!r}: inputs {missing} not given")
         chunk = int(np.shape(inputs[self.chunk_input])[1]) if self.chunk_input else 1
         ctx = self._context(pick_profile(self.profile_names, chunk))
+        keep = []  # host arrays must outlive their asynchronous copies
         for name in self.input_names:
             arr = inputs[name]
             reused = self._last_outputs.get(name)
-            if reused is not None and reused[0] is arr:
-                # The caller fed back the array we returned: its data is already on the device.
-                src_buf = self.buffers[reused[1]]
-                self.buffers[name], self.buffers[reused[1]] = src_buf, self.buffers[name]
+            if reused is not None and reused[0] is arr and np.array_equal(arr, reused[1]):
+                # The caller fed back, unchanged, the state array we returned: its data is still in
+                # the output's device buffer, so swap buffers instead of copying it up again.
+                src_buf = self.buffers[reused[2]]
+                self.buffers[name], self.buffers[reused[2]] = src_buf, self.buffers[name]
                 ctx.set_input_shape(name, arr.shape)
                 ctx.set_tensor_address(name, src_buf.ptr)
                 continue
             arr = np.ascontiguousarray(arr, dtype=self.dtypes[name])
-            inputs[name] = arr  # keep it alive until the copy is done
+            keep.append(arr)
             ptr = self.buffers[name].ensure(self.dev, arr.nbytes)
             self.dev.to_device(ptr, arr)
             ctx.set_input_shape(name, arr.shape)
@@ -190,7 +192,8 @@ class TensorRTRunner:
         for name, out in outputs.items():
             self.dev.to_host(out, self.buffers[name].ptr)
         self.dev.sync()
-        self._last_outputs = {self.state_of_output[o]: (arr, o) for o, arr in outputs.items()
+        # (the array handed out, a private copy to notice in-place edits, the output name)
+        self._last_outputs = {self.state_of_output[o]: (arr, arr.copy(), o) for o, arr in outputs.items()
                               if o in self.state_of_output}
         return outputs
 
