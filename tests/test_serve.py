@@ -512,6 +512,44 @@ def test_disconnect_mid_stream_frees_state(translator):
         assert 'qrnn_serve_translations_total{outcome="abandoned"} 1' in text
 
 
+def test_queued_sentences_limit_and_sse_disconnect(translator, expected):
+    """A client that ends sentences without reading their tokens is stopped at
+    max_queued_sentences; an SSE client that leaves mid-stream frees its state."""
+    src = _long_source(translator, SOURCES)
+    cfg = ServeConfig(max_len=MAX_LEN, max_queued_sentences=2)
+    with ServerThread(create_app(SlowTranslator(translator, 0.02), cfg)) as srv:
+        async def main():
+            async with connect(srv.ws_url()) as ws:
+                for _ in range(3):
+                    await ws.send(json.dumps({"type": "source", "text": src}))
+                    await ws.send(json.dumps({"type": "end"}))
+                texts, cur, errors = [], "", []
+                while len(texts) < 2:
+                    m = await recv(ws)
+                    if m["type"] == "token":
+                        cur += m["text"]
+                    elif m["type"] == "done":
+                        assert m["text"] == cur
+                        texts.append(cur)
+                        cur = ""
+                    else:
+                        errors.append(m["code"])
+                assert errors == ["too_many_sentences"]
+                assert texts == [expected[(src, 1)]] * 2
+                _, done = await translate_ws(ws, ["gag"])  # usable again once read
+                assert done["text"] == expected[("gag", 1)]
+
+        run(main())
+        with httpx.Client(base_url=srv.url(""), timeout=30) as c:
+            with c.stream("POST", "/v1/translate", json={"text": src, "stream": True}) as r:
+                first = next(r.iter_lines())
+                assert first == "event: token"
+                assert c.get("/v1/status").json()["decoding"] == 1
+            assert wait_for(lambda: c.get("/v1/status").json()["sessions"] == 0)
+            st = c.get("/v1/status").json()
+            assert st["translations_open"] == 0 and st["streams_open"] == 0
+
+
 def test_drain_finishes_streams_in_flight_then_stops(translator):
     src = _long_source(translator, SOURCES)
     want = translator.translate(src, max_len=MAX_LEN)

@@ -19,6 +19,8 @@ class ServeConfig:
     max_message_bytes: largest client message (WebSocket frame or HTTP body) the server reads.
     max_source_chars: longest source of one translation.
     idle_timeout: seconds a WebSocket may stay silent while nothing is being decoded for it.
+    max_queued_sentences: sentences one WebSocket may have ended and not yet received in full;
+      one more is refused (so a client that sends without reading cannot take the whole engine).
     batch_wait_ms: how long the engine waits for more translations to start before their first
       step when it was idle (0: never waits); steps of translations already decoding are gathered
       without waiting.
@@ -37,6 +39,7 @@ class ServeConfig:
     max_message_bytes: int = 65536
     max_source_chars: int = 2000
     idle_timeout: float = 60.0
+    max_queued_sentences: int = 4
     batch_wait_ms: float = 1.0
     max_batch_rows: int = 512
     flush_ms: float = 1.0
@@ -51,6 +54,8 @@ class ServeConfig:
             (self.max_streams >= 1, f"max_streams must be >= 1, got {self.max_streams}"),
             (self.max_message_bytes >= 64, f"max_message_bytes must be >= 64, got {self.max_message_bytes}"),
             (self.max_source_chars >= 1, f"max_source_chars must be >= 1, got {self.max_source_chars}"),
+            (self.max_queued_sentences >= 1,
+             f"max_queued_sentences must be >= 1, got {self.max_queued_sentences}"),
             (self.idle_timeout > 0, f"idle_timeout must be > 0 seconds, got {self.idle_timeout}"),
             (0 <= self.batch_wait_ms <= 100, f"batch_wait_ms must be in [0, 100], got {self.batch_wait_ms}"),
             (self.max_batch_rows >= self.max_beam,

@@ -140,6 +140,13 @@ class StreamConnection:
             if self.job is None:
                 raise ProtocolError("empty_source", 'nothing to translate: send {"type": "source", "text": ...} '
                                                     'before "end"')
+            if self.busy() and len(self.pumps) >= self.cfg.max_queued_sentences:
+                self.job.close()
+                self.job = None
+                raise ProtocolError("too_many_sentences",
+                                    f"{len(self.pumps)} sentences of this connection are still being sent (the "
+                                    f"limit is {self.cfg.max_queued_sentences}); read their tokens before ending "
+                                    "more. The sentence was dropped")
             job, self.job = self.job, None
             job.end(beam, max_len, lp)
             prev = self.pumps[-1] if self.pumps else None
