@@ -300,3 +300,118 @@ def test_runner_copies_a_state_the_caller_changed_in_place(fake_trt_bundle):
     out, _ = g.run({"tokens": tokens}, states)
     want, _ = ref.run({"tokens": tokens}, ref_states)
     np.testing.assert_allclose(out["logits"], want["logits"], atol=1e-6)
+
+
+def _recording_tensorrt(calls, parse_ok=True):
+    """A stand-in of the builder side of `tensorrt` that records what build_engines asks for."""
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = "10.fake"
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
+    trt.BuilderFlag = types.SimpleNamespace(FP16="fp16")
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            pass
+
+    class Profile:
+        def __init__(self):
+            self.shapes = {}
+
+        def set_shape(self, name, lo, opt, hi):
+            self.shapes[name] = (list(lo), list(opt), list(hi))
+
+    class Config:
+        def set_memory_pool_limit(self, pool, size):
+            calls.append(("workspace", size))
+
+        def set_flag(self, flag):
+            calls.append(("flag", flag))
+
+        def add_optimization_profile(self, p):
+            calls.append(("profile", p.shapes))
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            return "network"
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            return b"plan-bytes"
+
+    class OnnxParser:
+        def __init__(self, network, logger):
+            self.num_errors = 0 if parse_ok else 1
+
+        def parse(self, data):
+            import onnx
+            proto = onnx.ModelProto.FromString(data)
+            calls.append(("parse", [(n.op_type, sorted(a.name for a in n.attribute)) for n in proto.graph.node
+                                    if n.op_type == "FoPool"]))
+            return parse_ok
+
+        def get_error(self, i):
+            return "In node 3: unsupported op"
+
+    class Registry:
+        def load_library(self, path):
+            calls.append(("load_library", path))
+
+    trt.Logger, trt.Builder, trt.OnnxParser = Logger, Builder, OnnxParser
+    trt.get_plugin_registry = lambda: Registry()
+    return trt
+
+
+def test_build_engines_records_engines_and_profiles(tmp_path, monkeypatch):
+    import sys
+
+    from qrnn_deploy.export import tensorrt_aot
+    torch.manual_seed(0)
+    export_bundle(QRNNLanguageModel(12, 6, 6, 1), tmp_path, verify=False)  # custom FoPool, no plugin attrs
+    calls = []
+    monkeypatch.setitem(sys.modules, "tensorrt", _recording_tensorrt(calls))
+    monkeypatch.setattr(tensorrt_aot, "register_plugin", lambda: calls.append(("register_aot",)))
+    lines = []
+    man = build_engines(tmp_path, fp16=True, max_batch=3, max_chunk=10, plugin="aot", log=lines.append)
+    assert ("register_aot",) in calls and ("flag", "fp16") in calls
+    # build-engine gives the FoPool nodes the plugin attributes before parsing.
+    parsed = next(c for c in calls if c[0] == "parse")[1]
+    assert parsed and all("plugin_namespace" in attrs and "plugin_version" in attrs for _, attrs in parsed)
+    profiles = [c[1] for c in calls if c[0] == "profile"]
+    assert [p["tokens"] for p in profiles] == [([1, 1], [3, 1], [3, 1]), ([1, 1], [3, 10], [3, 10])]
+    e = load_manifest(tmp_path).engines["lm"]
+    assert e.file == "lm.fp16.plan" and e.precision == "fp16" and e.plugin == "aot" and e.tensorrt_version == "10.fake"
+    assert [p["name"] for p in e.profiles] == ["decode", "chunk"] and man.engines["lm"].file == e.file
+    assert (tmp_path / "lm.fp16.plan").read_bytes() == b"plan-bytes" and "built lm.fp16.plan" in lines[0]
+
+
+def test_build_engines_library_mode_and_parse_errors(tmp_path, monkeypatch):
+    import sys
+    torch.manual_seed(0)
+    export_bundle(QRNNLanguageModel(12, 6, 6, 1), tmp_path, verify=False)
+    calls = []
+    monkeypatch.setitem(sys.modules, "tensorrt", _recording_tensorrt(calls))
+    monkeypatch.delenv("QRNN_TRT_PLUGIN_LIBRARY", raising=False)
+    monkeypatch.setenv("QRNN_PLUGIN_DIR", str(tmp_path / "nowhere"))
+    from qrnn_deploy import _native
+    if (_native.plugin_dirs()[-1] / "libqrnn_trt_plugin.so").is_file():
+        pytest.skip("a TensorRT plugin library is built here")
+    with pytest.raises(BuildError, match="libqrnn_trt_plugin.so is not built"):
+        build_engines(tmp_path, plugin="library")
+    lib = tmp_path / "libqrnn_trt_plugin.so"
+    lib.write_bytes(b"")
+    monkeypatch.setenv("QRNN_TRT_PLUGIN_LIBRARY", str(lib))
+    build_engines(tmp_path, plugin="library", log=lambda s: None)
+    assert ("load_library", str(lib)) in calls and load_manifest(tmp_path).engines["lm"].plugin == "library"
+    monkeypatch.setitem(sys.modules, "tensorrt", _recording_tensorrt(calls, parse_ok=False))
+    with pytest.raises(BuildError, match="cannot parse graph 'lm'.*unsupported op"):
+        build_engines(tmp_path, plugin="library")
