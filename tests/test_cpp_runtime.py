@@ -47,7 +47,7 @@ def programs():
     r = subprocess.run(["bash", str(REPO / "scripts" / "build_cpp_runtime.sh")], capture_output=True, text=True,
                        timeout=900)
     assert r.returncode == 0, f"build_cpp_runtime.sh failed:\n{r.stdout}\n{r.stderr}"
-    progs = {n: BUILD / n for n in ("qrnn_translate", "qrnn_stream_bench", "qrnn_stream_check")}
+    progs = {n: BUILD / n for n in ("qrnn_translate", "qrnn_stream_bench", "qrnn_stream_check", "qrnn_stream")}
     for p in progs.values():
         assert p.is_file(), f"{p} was not built"
     return progs
@@ -360,3 +360,56 @@ def test_stream_check_on_language_model_and_classifier_bundles(programs, tmp_pat
         assert sum(l.endswith(" ok") for l in r.stdout.splitlines()) == len(g["outputs"]) + len(g["states"]) + 1
     r = run(programs["qrnn_translate"], tmp_path / "lm", stdin="a\n")
     _one_line_error(r, "needs a seq2seq bundle")
+
+
+LM_VOCAB = CharVocab.build(["abcdefghij klmno"])
+PROMPTS = ["abc", "", "hello world", "ooo"]
+
+
+@pytest.fixture(scope="module")
+def lm_and_classifier_bundles(tmp_path_factory):
+    from qrnn_deploy.nn import QRNNClassifier, QRNNLanguageModel
+
+    root = tmp_path_factory.mktemp("cpp_lm")
+    torch.manual_seed(2)
+    lm = QRNNLanguageModel(len(LM_VOCAB), 16, 24, 2, window=[2, 2]).eval()
+    with torch.no_grad():  # sharper than random init, so generated tokens vary with the prompt
+        for p in lm.parameters():
+            p.mul_(3)
+        lm.out.bias[EOS] -= 3
+    cls = QRNNClassifier(len(LM_VOCAB), 16, 24, 2, num_classes=4, window=[3, 1]).eval()
+    export_bundle(lm, root / "lm", fo_pool="custom", verify=False, vocab=LM_VOCAB)
+    export_bundle(cls, root / "classifier", fo_pool="portable", verify=False, vocab=LM_VOCAB)
+    return root / "lm", root / "classifier"
+
+
+def test_language_model_greedy_generation_matches_python_runtime(programs, lm_and_classifier_bundles):
+    lm_dir, _ = lm_and_classifier_bundles
+    b = load_bundle(lm_dir, threads=1)
+    want = []
+    for prompt in PROMPTS:
+        s = b.language_model()
+        want.append(list(s.generate(prompt, max_new_tokens=15)))
+    assert len({tuple(w) for w in want}) == len(PROMPTS) and len({t for w in want for t in w}) >= 4, want
+    r = run(programs["qrnn_stream"], lm_dir, "--max-new", 15, "--ids", stdin="".join(p + "\n" for p in PROMPTS))
+    assert r.returncode == 0, r.stderr
+    got = [[int(t) for t in line.split()] for line in r.stdout.split("\n")[:-1]]
+    assert got == want
+    # Sampling is seeded (the same seed gives the same tokens) but not numpy's draws: no parity.
+    args = ["--max-new", 12, "--temperature", 1.5, "--top-k", 4, "--seed", 7, "--ids"]
+    a, c = (run(programs["qrnn_stream"], lm_dir, *args, stdin="abc\n") for _ in range(2))
+    assert a.returncode == 0 and a.stdout == c.stdout and len(a.stdout.split()) >= 1
+
+
+def test_classifier_running_prediction_matches_python_runtime(programs, lm_and_classifier_bundles):
+    _, cls_dir = lm_and_classifier_bundles
+    text = "abc defg hij"
+    r = run(programs["qrnn_stream"], cls_dir, "--chunk", 5, stdin=text + "\n")
+    assert r.returncode == 0, r.stderr
+    rows = [line.split() for line in r.stdout.split("\n") if line]
+    s = load_bundle(cls_dir, threads=1).classifier()
+    assert len(rows) == 3
+    for i, row in enumerate(rows):
+        probs = s.feed(text[5 * i:5 * i + 5])
+        assert int(row[0]) == s.prediction
+        assert [float(x) for x in row[1:]] == pytest.approx(list(probs), abs=1e-6)

@@ -10,6 +10,7 @@
 #include "qrnn/decoders.hpp"
 #include "qrnn/decoding.hpp"
 #include "qrnn/errors.hpp"
+#include "qrnn/generate.hpp"
 #include "qrnn/graph.hpp"
 #include "qrnn/manifest.hpp"
 #include "qrnn/seq2seq.hpp"
