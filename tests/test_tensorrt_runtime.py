@@ -89,8 +89,9 @@ def test_cli_build_engine_on_a_missing_bundle(tmp_path, capsys):
     assert e.value.code == 2 and "bundle not found" in capsys.readouterr().err
 
 
-def test_tensorrt_backend_without_engines_says_build_them(lm_bundle):
-    with pytest.raises(BundleError, match="build-engine"):
+@no_trt
+def test_tensorrt_backend_without_tensorrt_or_engines_says_tensorrt_first(lm_bundle):
+    with pytest.raises(BuildError, match="needs TensorRT"):
         load_bundle(lm_bundle, backend="tensorrt")
 
 
@@ -415,3 +416,13 @@ def test_build_engines_library_mode_and_parse_errors(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", _recording_tensorrt(calls, parse_ok=False))
     with pytest.raises(BuildError, match="cannot parse graph 'lm'.*unsupported op"):
         build_engines(tmp_path, plugin="library")
+
+
+def test_tensorrt_backend_without_engines_says_build_them(lm_bundle, monkeypatch):
+    from qrnn_deploy.runtime import tensorrt_backend
+
+    cudart = _FakeCudart()
+    monkeypatch.setattr(tensorrt_backend, "_import_tensorrt", lambda: _fake_tensorrt(cudart))
+    monkeypatch.setattr(tensorrt_backend, "_import_cuda_runtime", lambda: cudart)
+    with pytest.raises(BundleError, match="build-engine"):
+        load_bundle(lm_bundle, backend="tensorrt")

@@ -109,6 +109,9 @@ class TensorRTRunner:
 
     def __init__(self, bundle_dir: Path, manifest: Manifest, role: str,
                  providers: Optional[Sequence] = None, threads: Optional[int] = None):
+        # TensorRT first: on a machine without it, that is the problem to report.
+        trt = _import_tensorrt()
+        cudart = _import_cuda_runtime()
         engine_spec = manifest.engines.get(role)
         if engine_spec is None:
             raise BundleError(f"{bundle_dir}: no TensorRT engine for graph {role!r}; build one with "
@@ -116,8 +119,7 @@ class TensorRTRunner:
         path = Path(bundle_dir) / engine_spec.file
         if not path.is_file():
             raise BundleError(f"{bundle_dir}: engine file {engine_spec.file} of graph {role!r} is missing")
-        trt = _import_tensorrt()
-        self.dev = _Device(_import_cuda_runtime())
+        self.dev = _Device(cudart)
         logger = trt.Logger(trt.Logger.WARNING)
         if engine_spec.plugin == "library":
             from qrnn_deploy import _native
