@@ -22,7 +22,7 @@ NPM_PKG=com.github.asus4.onnxruntime
 NPM_VERSION="${QRNN_ORT_NPM_VERSION:-0.4.9}"
 PY="${PYTHON:-python3}"
 
-die() { echo "build_plugins: $*" >&2; exit 1; }
+die() { echo "build_plugins: $*" >&2; exit 1; }  # in find_headers (a subshell) it fails just that
 
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=("cmake")
@@ -67,15 +67,23 @@ find_headers() {
   echo "$dest"
 }
 
-INC="$(find_headers)"
-api_version="$(sed -n 's/^#define ORT_API_VERSION \([0-9]*\).*/\1/p' "$INC/onnxruntime_c_api.h" | head -1)"
-[ -n "$api_version" ] || die "$INC/onnxruntime_c_api.h has no ORT_API_VERSION"
-if wheel="$("$PY" -c 'import onnxruntime, sys; sys.stdout.write(onnxruntime.__version__)' 2>/dev/null)"; then
-  wheel_minor="$(echo "$wheel" | cut -d. -f2)"
-  if [ "${wheel_minor:-0}" -lt "$api_version" ] 2>/dev/null; then
-    die "onnxruntime headers in $INC are API $api_version, newer than the installed onnxruntime $wheel: use headers of 1.$wheel_minor or older (QRNN_ORT_NPM_VERSION / QRNN_ORT_INCLUDE_DIR)"
+# Without usable headers the C ABI kernel library is still built; the reason is reported at the end.
+ort_problem=""
+if INC="$(find_headers)"; then
+  api_version="$(sed -n 's/^#define ORT_API_VERSION \([0-9]*\).*/\1/p' "$INC/onnxruntime_c_api.h" | head -1)"
+  if [ -z "$api_version" ]; then
+    ort_problem="$INC/onnxruntime_c_api.h has no ORT_API_VERSION"
+  elif wheel="$("$PY" -c 'import onnxruntime, sys; sys.stdout.write(onnxruntime.__version__)' 2>/dev/null)"; then
+    wheel_minor="$(echo "$wheel" | cut -d. -f2)"
+    if [ "${wheel_minor:-0}" -lt "$api_version" ] 2>/dev/null; then
+      ort_problem="onnxruntime headers in $INC are API $api_version, newer than the installed onnxruntime $wheel: use headers of 1.$wheel_minor or older (QRNN_ORT_NPM_VERSION / QRNN_ORT_INCLUDE_DIR)"
+    fi
   fi
+else
+  ort_problem="see the message above"
 fi
+ort_args=(-DQRNN_BUILD_ORT=ON -DQRNN_ORT_INCLUDE_DIR="${INC:-}")
+[ -z "$ort_problem" ] || ort_args=(-DQRNN_BUILD_ORT=OFF)
 
 generator=()
 command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
@@ -84,9 +92,13 @@ if [ -f "$BUILD/CMakeCache.txt" ] && ! grep -q "CMAKE_GENERATOR:INTERNAL=${gener
 fi
 # shellcheck disable=SC2086
 cmake -S "$ROOT/plugins" -B "$BUILD" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
-  -DQRNN_ORT_INCLUDE_DIR="$INC" ${QRNN_CMAKE_ARGS:-} >/dev/null
+  "${ort_args[@]}" ${QRNN_CMAKE_ARGS:-} >/dev/null
 if ! nice cmake --build "$BUILD" -j "${QRNN_JOBS:-2}" >"$BUILD/build.log" 2>&1; then
   tail -n 40 "$BUILD/build.log" >&2
   die "compile failed (full log: $BUILD/build.log)"
+fi
+if [ -n "$ort_problem" ]; then
+  rm -f "$BUILD/libqrnn_ort.so"  # never leave a stale library from an earlier build behind
+  die "built $(cd "$BUILD" && echo lib*.so) in $BUILD, but not libqrnn_ort.so: $ort_problem"
 fi
 echo "build_plugins: built $(cd "$BUILD" && echo lib*.so) in $BUILD (onnxruntime headers: API $api_version from $INC)"
