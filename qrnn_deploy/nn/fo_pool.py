@@ -12,6 +12,8 @@ training and export use (`torch.ops.qrnn.fo_pool`). On CPU its forward and backw
 loops of single fused multiply-adds over [B, H] slices, with every activation computed in bulk;
 its backward is an explicit reverse-time scan registered with `torch.library.register_autograd`.
 The CUDA build (plugins/cuda) replaces both loops with the shared native kernels when available.
+On float32 CPU tensors both run the shared native CPU kernel instead (plugins/common through
+libqrnn_kernels.so, see `_cpu_kernels`) once `bash scripts/build_plugins.sh` has built it.
 """
 
 from __future__ import annotations
