@@ -477,6 +477,55 @@ def test_runtime_failure_is_an_error_message_and_frees_state(translator, expecte
         assert srv.state.metrics.translations.value(outcome="error") == 1
 
 
+def test_engine_encodes_pieces_of_many_translations_together(translator):
+    """Source pieces of different translations that wait together are encoded by one
+    Translator.feed_batch call, with the same translations as alone."""
+    import threading
+
+    from qrnn_deploy.serve import Engine
+
+    gate, sizes = threading.Event(), []
+
+    class Gated(SlowTranslator):
+        def stream(self):
+            if not sizes and not gate.is_set():
+                gate.wait(10)  # hold the worker so the next pieces queue up
+            return self.tr.stream()
+
+        def feed_batch(self, items):
+            sizes.append(len(items))
+            return self.tr.feed_batch(items)
+
+    sources = ["abcd", "efgh", "ijkl", "mnop", "ab"]
+
+    async def main():
+        e = Engine(Gated(translator, 0.0))
+        e.start()
+        try:
+            first = e.open()
+            f0 = asyncio.ensure_future(first.feed("dead beef"))
+            await asyncio.sleep(0.05)
+            jobs = [e.open() for _ in sources]
+            futs = [asyncio.ensure_future(j.feed(s)) for j, s in zip(jobs, sources)]
+            await asyncio.sleep(0.05)
+            gate.set()
+            assert await asyncio.gather(f0, *futs) == [9] + [len(s) for s in sources]
+            texts = []
+            for j in [first] + jobs:
+                j.end(1, MAX_LEN, 1.0)
+                async for ev in j.results():
+                    if ev["type"] == "done":
+                        texts.append(ev["text"])
+                j.close()
+            return texts
+        finally:
+            e.stop()
+
+    texts = run(main())
+    assert sizes == [5]
+    assert texts == [translator.translate(s, max_len=MAX_LEN) for s in ["dead beef"] + sources]
+
+
 def _long_source(translator, candidates):
     return max(candidates, key=lambda s: len(translator.translate(s, max_len=MAX_LEN)))
 

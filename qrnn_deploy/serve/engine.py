@@ -45,6 +45,14 @@ class TranslationModel(Protocol):
         """The text of one target token."""
 
 
+def _as_qrnn_error(e: Exception, what: str) -> QRNNError:
+    """Errors handed to clients are QRNNErrors; anything else is a bug, logged with its traceback."""
+    if isinstance(e, QRNNError):
+        return e
+    log.error("%s", what, exc_info=e)
+    return StreamError(f"{what}: {type(e).__name__}: {e}")
+
+
 class EngineStopped(QRNNError):
     """The engine is stopped (the server is shutting down)."""
 
@@ -224,8 +232,7 @@ class Engine:
                 if cmds is None:
                     break
                 out: list = []
-                for cmd in cmds:
-                    self._apply(cmd, out)
+                self._apply_all(cmds, out)
                 urgent = bool(out)  # encoder results and errors: a coroutine is waiting for them
                 if self._active:
                     urgent = self._step(out) or urgent
@@ -265,6 +272,59 @@ class Engine:
             job._decoder = None
             self.metrics.decoding.dec()
 
+    def _apply_all(self, cmds: list, out: list) -> None:
+        """Applies commands in arrival order; consecutive source pieces of different translations
+        are encoded together (one encoder call per piece length) when the model can."""
+        batch: list = []
+        for cmd in cmds:
+            if cmd[0] == "feed" and not any(c[1] is cmd[1] for c in batch):
+                batch.append(cmd)
+                continue
+            self._feed(batch, out)
+            batch = []
+            if cmd[0] == "feed":
+                batch.append(cmd)
+            else:
+                self._apply(cmd, out)
+        self._feed(batch, out)
+
+    def _feed(self, cmds: list, out: list) -> None:
+        live = []
+        for cmd in cmds:
+            job, fut = cmd[1], cmd[3]
+            if job.closed:
+                out.append((fut, StreamError("the translation was closed")))
+                continue
+            if job._source is None:
+                try:
+                    job._source = self.model.stream()
+                except Exception as e:
+                    out.append((fut, _as_qrnn_error(e, "opening a translation failed")))
+                    continue
+                self.metrics.sessions.inc()
+            live.append(cmd)
+        feed_batch = getattr(self.model, "feed_batch", None)
+        if len(live) > 1 and feed_batch is not None:
+            t0 = time.perf_counter()
+            try:
+                lengths = feed_batch([(c[1]._source, c[2]) for c in live])
+            except Exception as e:
+                # Some of these streams may have advanced before the failure, so none can be
+                # trusted: every piece of the batch fails (each client drops that sentence).
+                err = _as_qrnn_error(e, "encoding failed")
+                for c in live:
+                    out.append((c[3], err))
+                return
+            else:
+                dt = (time.perf_counter() - t0) / len(live)
+                for c, n in zip(live, lengths):
+                    c[1].encode_seconds += dt
+                    self.metrics.encode_seconds.observe(dt)
+                    out.append((c[3], int(n)))
+                return
+        for cmd in live:
+            self._apply(cmd, out)
+
     def _apply(self, cmd: tuple, out: list) -> None:
         kind, job = cmd[0], cmd[1]
         if kind == "close":
@@ -289,9 +349,7 @@ class Engine:
                 self.metrics.encode_seconds.observe(dt)
                 out.append((fut, int(n)))
             except Exception as e:  # QRNNError from the runtime, or a bug: the client gets a message
-                if not isinstance(e, QRNNError):
-                    log.exception("encoding failed")
-                out.append((fut, e))
+                out.append((fut, _as_qrnn_error(e, "encoding failed")))
         elif kind == "end":
             _, _, beam, max_len, lp = cmd
             try:
