@@ -142,6 +142,19 @@ def write_json(res: BenchResult, recs: list, tgt: dict, path: Path) -> Path:
 # The terminal.
 
 
+def floors_line(res: BenchResult) -> str:
+    """The floors in one sentence (the better of the start and end measurements, both shown)."""
+    fl = res.floors
+
+    def one(key, unit):
+        both = (f" (start {fl[key + '_start']:.1f}, end {fl[key + '_end']:.1f})"
+                if key + "_start" in fl else "")
+        return f"{fl[key]:.1f} {unit}{both}"
+    return (f"onnxruntime MatMul {one('ort_gemm_gflops', 'GFLOP/s')}, numpy matmul "
+            f"{one('numpy_gemm_gflops', 'GFLOP/s')} (n = {fl['gemm_n']}), copy {one('copy_gbs', 'GB/s')} "
+            "(read + write)")
+
+
 def _f(x, spec=".2f", suffix="") -> str:
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:{spec}}{suffix}"
 
@@ -151,9 +164,7 @@ def render(res: BenchResult, recs: list, tgt: dict, console) -> None:
     from rich.table import Table
 
     fl = res.floors
-    console.print(f"[bold]Floors[/]: onnxruntime MatMul {fl['ort_gemm_gflops']:.1f} GFLOP/s, numpy matmul "
-                  f"{fl['numpy_gemm_gflops']:.1f} GFLOP/s (n={fl['gemm_n']}), copy {fl['copy_gbs']:.1f} GB/s "
-                  f"(read + write); {res.config.threads} thread(s); load average "
+    console.print(f"[bold]Floors[/]: {floors_line(res)}; {res.config.threads} thread(s); load average "
                   f"{_f(res.meta.get('load_avg_1m_start'), '.1f')} -> {_f(res.meta.get('load_avg_1m_end'), '.1f')}")
     enc = [r for r in recs if r["section"] == "encode"]
     for k in res.config.windows:
@@ -207,13 +218,11 @@ def render(res: BenchResult, recs: list, tgt: dict, console) -> None:
 
 def write_markdown(res: BenchResult, recs: list, tgt: dict, path: Path) -> Path:
     """The same tables as `render`, as Markdown."""
-    fl, m, cfg = res.floors, res.meta, res.config
+    m, cfg = res.meta, res.config
     lines = [f"Run {m.get('started_utc', '?')} on {m.get('host', '?')} ({m.get('cpu_count')} CPUs, "
              f"{cfg.threads} threads; load average {_f(m.get('load_avg_1m_start'), '.1f')} -> "
              f"{_f(m.get('load_avg_1m_end'), '.1f')}); torch {m.get('torch')}, onnxruntime {m.get('onnxruntime')}.",
-             "", f"Floors: onnxruntime MatMul {fl['ort_gemm_gflops']:.1f} GFLOP/s, numpy matmul "
-             f"{fl['numpy_gemm_gflops']:.1f} GFLOP/s (n = {fl['gemm_n']}), copy {fl['copy_gbs']:.1f} GB/s "
-             "(read + write).", ""]
+             "", f"Floors: {floors_line(res)}.", ""]
     enc = [r for r in recs if r["section"] == "encode"]
     for k in cfg.windows:
         lines += [f"Encoding, window {k} ({cfg.layers} layers): LSTM-ort tokens/s and each contender's "
