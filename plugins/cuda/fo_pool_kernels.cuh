@@ -50,9 +50,6 @@ QRNN_HD void store_from_acc(float* p, float v) { *p = v; }
 QRNN_HD void store_from_acc(double* p, double v) { *p = v; }
 QRNN_HD void store_from_acc(__half* p, float v) { *p = __float2half_rn(v); }
 QRNN_HD void store_from_acc(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-// A float32 state (c0 / c_last) beside float16 gates: the C ABI allows it so that PyTorch keeps
-// a float32 c0 at full precision, as the reference does.
-QRNN_HD void store_from_acc(float* p, double v) { *p = static_cast<float>(v); }
 
 // sigmoid(+inf) = 1 and sigmoid(-inf) = 0 exactly: zoneout writes f = +inf (qrnn_deploy/nn/layers.py).
 QRNN_HD float sigmoid_acc(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -78,7 +75,8 @@ struct FoPoolShape {
 // ---- forward ---------------------------------------------------------------------------------
 
 // h_t = o_t * c_t (or c_t for 'f'), c_t = f_t c_{t-1} + (1 - f_t) z_t (or + i_t z_t for 'ifo').
-// c0 may be null (zeros); c_last may be null (not wanted).
+// c0 may be null (zeros); c_last may be null (not wanted). S, the type of c0 / c_last, is T or
+// float: a float32 state beside 16-bit gates stays at full precision, as in the reference.
 template <typename T, typename S>
 QRNN_HD void fo_pool_forward_column(const T* __restrict__ gates, const S* __restrict__ c0,
                                                        T* __restrict__ h, S* __restrict__ c_last,
