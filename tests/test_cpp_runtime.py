@@ -194,6 +194,9 @@ def test_stream_bench_reports_latency(programs, bundles):
     fig = json.loads(r.stdout)
     assert fig["tokens"] == 30 and fig["threads"] == 1 and fig["source_length"] > 0
     assert 0 < fig["p50_ms"] <= fig["p90_ms"] <= fig["p99_ms"]
+    assert 0 < fig["graph_call_p50_ms"]
+    r = run(programs["qrnn_stream_bench"], bundles["custom"], "--tokens", 10, "--beam", 3, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["beam"] == 3, r.stderr
 
 
 def _one_line_error(r, *needles):
