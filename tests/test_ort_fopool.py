@@ -105,9 +105,10 @@ def test_parity_with_reference(pooling, batch_first, reverse, c0_mode, dtype):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_several_hidden_chunks_and_threads(threads):
-    # H = 300 spans two 256-unit work items plus a ragged tail; T long enough to accumulate error.
+    # H = 300 spans two 256-unit work items plus a ragged tail; T long enough to accumulate error;
+    # 64 * 8 * 300 elements: enough work for the kernel to use onnxruntime's thread pool.
     rng = np.random.default_rng(1)
-    T, B, H = 40, 3, 300
+    T, B, H = 64, 8, 300
     gates = rng.standard_normal((T, B, 3 * H)).astype(np.float32) * 3
     c0 = rng.standard_normal((B, H)).astype(np.float32)
     sess = session("fo", 0, 0, "input", True, np.float32, threads)

@@ -51,6 +51,9 @@ constexpr int64_t kChunk = 256;
 // prefetching, the kernel ran at ~3 GB/s on a 20 GB/s machine; with it, about twice that.
 // Prefetching a whole row at once (kBlock = kChunk) floods the line-fill buffers and gains nothing.
 constexpr int64_t kBlock = 128;
+// Below this many (t, b, h) elements per thread (~0.1 ms of work) a thread costs more to start or
+// wake than it saves: a streaming step (T = 1) runs on the calling thread.
+constexpr int64_t kMinElementsPerThread = int64_t{1} << 16;
 
 // ---------------------------------------------------------------------------------------------
 // Problem description and validation (shared by every plugin so messages read the same).
@@ -62,6 +65,13 @@ struct Dims {
   bool reverse = false;
 
   int64_t items() const { return B * ((H + kChunk - 1) / kChunk); }
+  // How many of `threads` are worth using for this problem (>= 1).
+  int useful_threads(int threads) const {
+    const int64_t by_work = (T * B * H) / kMinElementsPerThread;
+    int64_t n = threads < by_work ? threads : by_work;
+    n = n < items() ? n : items();
+    return n < 1 ? 1 : static_cast<int>(n);
+  }
   // Offset (in elements) of row (t, b) of a [T, B, W] / [B, T, W] tensor, W = width.
   int64_t row(int64_t t, int64_t b, int64_t width) const {
     return (batch_first ? (b * T + t) : (t * B + b)) * width;

@@ -37,7 +37,7 @@ extern "C" int qrnn_fo_pool_forward_f32(const float* gates, const float* c0, flo
     return 0;
   }
   qrnn::fopool::ForwardArgs<float> a{gates, c0, h, c_last, d};
-  qrnn::split_items(d.items(), threads, [&](int64_t b, int64_t e) { qrnn::fopool::forward_range_f32(a, b, e); });
+  qrnn::split_items(d.items(), d.useful_threads(threads), [&](int64_t b, int64_t e) { qrnn::fopool::forward_range_f32(a, b, e); });
   return 0;
 }
 
@@ -57,6 +57,6 @@ extern "C" int qrnn_fo_pool_backward_f32(const float* grad_h, const float* grad_
     return 0;
   }
   qrnn::fopool::BackwardArgs a{grad_h, grad_c_last, gates, c0, grad_gates, grad_c0, d};
-  qrnn::split_items(d.items(), threads, [&](int64_t b, int64_t e) { qrnn::fopool::backward_range_f32(a, b, e); });
+  qrnn::split_items(d.items(), d.useful_threads(threads), [&](int64_t b, int64_t e) { qrnn::fopool::backward_range_f32(a, b, e); });
   return 0;
 }

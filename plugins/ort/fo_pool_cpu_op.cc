@@ -36,6 +36,12 @@ void Launch(const Ort::KernelContext& ctx, const FoPoolCall& call, void (*fn)(vo
   // Items are uniform in cost (same T, one chunk of hidden units each), so plain blocks of a few
   // items keep scheduling overhead negligible even for tiny chunks of a stream.
   const int64_t items = call.d.items();
+  if (call.d.useful_threads(1 << 20) == 1) {
+    // Small work (a streaming step): waking the pool costs more than the step (~15 us).
+    RangeJob<T> job{&args, items, items};
+    fn(&job, 0);
+    return;
+  }
   const int64_t per_task = items >= 1024 ? 4 : 1;
   RangeJob<T> job{&args, items, per_task};
   ctx.ParallelFor(fn, static_cast<size_t>((items + per_task - 1) / per_task), 0, &job);
