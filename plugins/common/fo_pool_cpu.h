@@ -1,6 +1,7 @@
 // The FoPool CPU kernel (DESIGN.md section 2), written once and shared by every native plugin:
 // the onnxruntime custom-op library (plugins/ort), the plain C ABI library used by PyTorch
-// (plugins/kernels) and any later plugin. Header-only C++17; no onnxruntime, no PyTorch.
+// (plugins/kernels) and any later plugin. C++17, no onnxruntime, no PyTorch: the kernel bodies are
+// here; plugins/common/fo_pool_cpu.cc compiles the entry points declared at the end.
 //
 //   gates [T, B, P*H] (batch_first: [B, T, P*H]), PRE-activation, packed [Z | F | O | I]
 //   c_t = f_t * c_{t-1} + (1 - f_t) * z_t   ('f', 'fo')      c_t = f_t * c_{t-1} + i_t * z_t  ('ifo')
@@ -21,7 +22,6 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
-#include <vector>
 
 // QRNN_IVDEP: the rows one loop touches never overlap (distinct gate blocks / time rows), but
 // GCC cannot prove it from local pointers and gives up after its alias-check budget.
