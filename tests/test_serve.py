@@ -19,7 +19,6 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-import websockets
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -137,8 +136,9 @@ def pieces_of(s: str, n: int = 3) -> list:
 
 
 def metric(text: str, name: str) -> float:
+    """The value of an unlabelled sample `name` in a Prometheus exposition."""
     for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{") and line.split(" ")[0] == name:
+        if line.split(" ")[0] == name:
             return float(line.rsplit(" ", 1)[1])
     raise KeyError(name)
 

@@ -158,6 +158,9 @@ async def translate(request: Request) -> Response:
                 else:
                     st.metrics.errors.inc(kind="translate_failed")
                     return _error(500, "translate_failed", ev["message"])
+        except EngineStopped as e:
+            st.metrics.errors.inc(kind="draining")
+            return _error(503, "draining", str(e), headers={"Retry-After": "1"})
         except QRNNError as e:
             st.metrics.errors.inc(kind="translate_failed")
             return _error(400, "translate_failed", str(e))

@@ -148,7 +148,11 @@ class StreamConnection:
                                     f"limit is {self.cfg.max_queued_sentences}); read their tokens before ending "
                                     "more. The sentence was dropped")
             job, self.job = self.job, None
-            job.end(beam, max_len, lp)
+            try:
+                job.end(beam, max_len, lp)
+            except QRNNError as e:  # the engine is stopping
+                job.close()
+                raise ProtocolError("draining", f"{e}; the sentence was dropped") from None
             prev = self.pumps[-1] if self.pumps else None
             self.pumps.append(asyncio.ensure_future(self.pump(job, prev, beam)))
         elif kind == "reset":
