@@ -231,6 +231,20 @@ async def one_stream_interleaved(url: str, tr, rounds: int, tokens: int, pid: in
     return {"raw": raw, "srv": srv, "srv_cpu_per_token": cpu_srv / max(srv_tokens, 1)}
 
 
+def server_counters(port: int) -> dict:
+    """Decoder calls, translations stepped, seconds in decoder and encoder calls, from /metrics."""
+    import httpx
+
+    want = {"qrnn_serve_step_seconds_count": "calls", "qrnn_serve_batch_size_sum": "stepped",
+            "qrnn_serve_step_seconds_sum": "step_s", "qrnn_serve_encode_seconds_sum": "encode_s"}
+    out = {}
+    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
+        name = line.split(" ")[0]
+        if name in want:
+            out[want[name]] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def ms(x, q):
     return float(np.percentile(np.asarray(x) * 1e3, q)) if len(x) else float("nan")
 
@@ -299,8 +313,14 @@ def main() -> None:
         one = asyncio.run(one_stream_interleaved(url, tr, args.rounds, args.tokens, proc.pid, args.seed))
         rows = []
         for n in counts:
+            m0, c0 = server_counters(port), cpu_seconds(proc.pid)
             st, elapsed = asyncio.run(load(url, n, args.seconds, args.seed + n))
-            rows.append((n, st, elapsed, rss_mb(proc.pid), raw_batched_tps(tr, n, args.tokens)))
+            m1, c1 = server_counters(port), cpu_seconds(proc.pid)
+            calls = max(m1["calls"] - m0["calls"], 1)
+            server = {"batch": (m1["stepped"] - m0["stepped"]) / calls, "cores": (c1 - c0) / elapsed,
+                      "in_step": (m1["step_s"] - m0["step_s"]) / elapsed,
+                      "in_encode": (m1["encode_s"] - m0["encode_s"]) / elapsed}
+            rows.append((n, st, elapsed, rss_mb(proc.pid), raw_batched_tps(tr, n, args.tokens), server))
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     finally:
         proc.terminate()
@@ -328,17 +348,19 @@ def main() -> None:
     print()
     print(f"{args.seconds:g} s of load per row; server RSS before the runs {mem0:.0f} MB:")
     print("| streams | tokens/s | x 1 stream | raw DecodeBatch tokens/s at N | token gap p50 ms | p99 ms | TPOT p50 ms "
-          "| first token p50 ms | p99 ms | sentences | errors | RSS after MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| first token p50 ms | p99 ms | sentences | errors | RSS after MB | translations per decoder call "
+          "| server CPU (cores) | time in decoder / encoder calls |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     base = None
-    for n, st, elapsed, mem, raw_tps in rows:
+    for n, st, elapsed, mem, raw_tps, server in rows:
         tps = st.tokens / elapsed
         base = base or tps
         print(f"| {n} | {tps:,.0f} | {tps / base:.2f}x | {raw_tps:,.0f} | {ms(st.gaps, 50):.3f} | {ms(st.gaps, 99):.2f} | "
               f"{ms(st.tpot, 50):.3f} | {ms(st.first, 50):.2f} | {ms(st.first, 99):.2f} | {st.sentences} | "
-              f"{len(st.errors)} | {mem:.0f} |")
+              f"{len(st.errors)} | {mem:.0f} | {server['batch']:.1f} | {server['cores']:.2f} | "
+              f"{100 * server['in_step']:.0f}% / {100 * server['in_encode']:.0f}% |")
     print()
-    by_n = {n: (st.tokens / el, raw_tps) for n, st, el, _, raw_tps in rows}
+    by_n = {n: (st.tokens / el, raw_tps) for n, st, el, _, raw_tps, _ in rows}
     errs = [e for _, st, *_ in rows for e in st.errors] + srv.errors
     print(f"target: zero errors -> {len(errs)} errors" + (f" (first: {errs[0]})" if errs else ""))
     if 1 in by_n and 32 in by_n:
