@@ -3,7 +3,8 @@
 A paper-shaped translator (4 layers of 320, embed 64, encoder windows [6, 2, 2, 2], decoder window
 2; random weights with </s> suppressed so every sentence decodes --tokens steps, or the shipped
 de-en checkpoint when it exists) is exported to a bundle and served by `qrnn-deploy serve` in a
-subprocess (onnxruntime, --threads 1). For N = 1, 8, 32, 128 concurrent WebSocket clients, each
+subprocess (onnxruntime, --threads 1 unless --threads says otherwise). For N = 1, 8, 32, 128
+concurrent WebSocket clients, each
 client streams German sentences for --seconds: the source in pieces, then "end", then reads the
 tokens until "done", and starts the next sentence. Reported per N:
 
@@ -15,10 +16,10 @@ tokens until "done", and starts the next sentence. Reported per N:
 - errors (error messages, refused or dropped connections), server RSS before / after.
 
 Baseline in the same run: the raw runtime step, `DecodeBatch.step` of one greedy translation
-(and of N together), in this process on the same bundle with 1 thread. The per-token server
+(and of N together), in this process on the same bundle and thread count. The per-token server
 overhead at 1 stream is TPOT p50 / raw step p50 (target <= 1.2).
 
-    python3 benchmarks/bench_serve.py [--seconds 8 --tokens 60 --clients 1,8,32,128 --fo-pool auto]
+    python3 benchmarks/bench_serve.py [--seconds 8 --tokens 60 --clients 1,8,32,128 --rounds 30 --threads 1]
 """
 
 from __future__ import annotations
@@ -256,6 +257,7 @@ def main() -> None:
     ap.add_argument("--clients", default="1,8,32,128")
     ap.add_argument("--fo-pool", default="auto", choices=["auto", "custom", "portable"])
     ap.add_argument("--rounds", type=int, default=30, help="1-stream sentences interleaved with the raw runtime.")
+    ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (server and baseline).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--build-only", metavar="DIR", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -285,14 +287,14 @@ def main() -> None:
 
     from qrnn_deploy.runtime import load_bundle
 
-    tr = load_bundle(bundle, threads=1).translator()
+    tr = load_bundle(bundle, threads=args.threads).translator()
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "qrnn_deploy", "serve", str(bundle), "--port", str(port),
-                             "--threads", "1", "--max-len", str(args.tokens), "--max-streams", "1024",
+                             "--threads", str(args.threads), "--max-len", str(args.tokens), "--max-streams", "1024",
                              "--log-level", "warning"], cwd=str(REPO), env=env)
     try:
         import httpx
@@ -332,7 +334,7 @@ def main() -> None:
     raw_step = float(np.median([t for r in raw for t in r["steps"]]))
     raw_first = float(np.median([r["first"] for r in raw]))
     tpot = float(np.median(srv.tpot))
-    print(f"model: {info['model']}; bundle fo_pool={fo_pool}; onnxruntime 1 thread (server and baseline); "
+    print(f"model: {info['model']}; bundle fo_pool={fo_pool}; onnxruntime {args.threads} thread(s) (server and baseline); "
           f"{args.tokens} tokens per sentence; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print()
     print(f"1 stream, {args.rounds} sentences through the server in blocks of 5 alternating with the raw runtime on the "
