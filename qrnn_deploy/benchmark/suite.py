@@ -160,6 +160,8 @@ def _floors(cfg: BenchConfig) -> dict:
 
 @dataclass
 class _QRNNSet:
+    """The QRNN contenders of one window size at one H, with their matrix-product floor."""
+
     window: int
     contenders: list  # Contender, in table order
     matmuls: Optional[object]  # onnxruntime session of the matrix products alone
