@@ -4,20 +4,24 @@ A paper-shaped translator (4 layers of 320, embed 64, encoder windows [6, 2, 2, 
 2; random weights with </s> suppressed so every sentence decodes --tokens steps, or the shipped
 de-en checkpoint when it exists) is exported to a bundle and served by `qrnn-deploy serve` in a
 subprocess (onnxruntime, --threads 1 unless --threads says otherwise). For N = 1, 8, 32, 128
-concurrent WebSocket clients, each
-client streams German sentences for --seconds: the source in pieces, then "end", then reads the
-tokens until "done", and starts the next sentence. Reported per N:
+concurrent WebSocket clients, each client streams German sentences for --seconds: the source in
+pieces, then "end", then reads the tokens until "done", and starts the next sentence. Reported
+per N:
 
 - tokens/s over all clients, and the ratio to N = 1 (batching: target >= 5x at 32),
 - per-token latency p50 / p99: the gap between consecutive token arrivals at the client (tokens
   that arrive in one message, having become final together, count with a gap of 0),
 - time per output token (TPOT) p50: (done - first token) / (tokens - 1) per sentence,
 - first-token latency p50 / p99 after the source ends ("end" sent -> first token received),
-- errors (error messages, refused or dropped connections), server RSS before / after.
+- errors (error messages, refused or dropped connections), server RSS before / after,
+- from the server's /metrics and /proc: translations per decoder call, CPU cores used, share of
+  time in decoder and encoder calls.
 
-Baseline in the same run: the raw runtime step, `DecodeBatch.step` of one greedy translation
-(and of N together), in this process on the same bundle and thread count. The per-token server
-overhead at 1 stream is TPOT p50 / raw step p50 (target <= 1.2).
+Baseline in the same run: the raw runtime, `DecodeBatch.step` of one greedy translation (and of
+N together), in this process on the same bundle and thread count; for 1 stream, blocks of the
+same sentences alternate between the raw runtime and the server. The per-token server overhead
+at 1 stream is the server's TPOT over the raw runtime's time per token (medians over the same
+sentences; target <= 1.2), and the server process's CPU per token over the raw thread's.
 
     python3 benchmarks/bench_serve.py [--seconds 8 --tokens 60 --clients 1,8,32,128 --rounds 30 --threads 1]
 """
@@ -29,6 +33,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -327,6 +332,7 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(30)
+        shutil.rmtree(tmp, ignore_errors=True)
 
     raw, srv = one["raw"], one["srv"]
     raw_wall = float(np.median([r["wall"] for r in raw]))
