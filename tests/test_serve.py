@@ -561,6 +561,27 @@ def test_disconnect_mid_stream_frees_state(translator):
         assert 'qrnn_serve_translations_total{outcome="abandoned"} 1' in text
 
 
+def test_reset_stops_a_sentence_being_decoded(translator, expected):
+    src = _long_source(translator, SOURCES)
+    with ServerThread(create_app(SlowTranslator(translator, 0.02), ServeConfig(max_len=MAX_LEN))) as srv:
+        async def main():
+            async with connect(srv.ws_url()) as ws:
+                await ws.send(json.dumps({"type": "source", "text": src}))
+                await ws.send(json.dumps({"type": "end"}))
+                assert (await recv(ws))["type"] == "token"
+                await ws.send(json.dumps({"type": "reset"}))
+                while (m := await recv(ws))["type"] == "token":
+                    pass  # tokens already on their way before the reset
+                assert m == {"type": "reset"}
+                assert wait_for(lambda: srv.state.metrics.decoding.value() == 0, 2)
+                _, done = await translate_ws(ws, ["gag"])  # nothing of the old sentence follows
+                assert done["text"] == expected[("gag", 1)]
+
+        run(main())
+        assert wait_for(lambda: srv.state.metrics.sessions.value() == 0)
+        assert srv.state.metrics.translations.value(outcome="cancelled") == 1
+
+
 def test_queued_sentences_limit_and_sse_disconnect(translator, expected):
     """A client that ends sentences without reading their tokens is stopped at
     max_queued_sentences; an SSE client that leaves mid-stream frees its state."""

@@ -168,7 +168,7 @@ class ServerMetrics:
         self.streams_open = Gauge(p + "streams_open", "Client streams open now (WebSocket connections and HTTP translations).")
         self.sessions = Gauge(p + "sessions", "Translations whose model state the engine holds now (encoder and decoder states).")
         self.decoding = Gauge(p + "decoding", "Translations being decoded now.")
-        self.tokens = Counter(p + "tokens_total", "Target tokens sent to clients.")
+        self.tokens = Counter(p + "tokens_total", "Target tokens decoded (final tokens handed to client streams).")
         self.tokens_per_second = Gauge(p + "tokens_per_second", "Target tokens per second over the last 10 seconds.")
         self.translations = Counter(p + "translations_total", "Translations finished, by outcome.", ["outcome"])
         self.errors = Counter(p + "errors_total", "Error messages and refusals sent to clients, by kind.", ["kind"])
