@@ -610,6 +610,8 @@ def test_queued_sentences_limit_and_sse_disconnect(translator, expected):
                 assert done["text"] == expected[("gag", 1)]
 
         run(main())
+    # steps slow enough that the sentence is surely still decoding when the client leaves
+    with ServerThread(create_app(SlowTranslator(translator, 0.15), cfg)) as srv:
         with httpx.Client(base_url=srv.url(""), timeout=30) as c:
             with c.stream("POST", "/v1/translate", json={"text": src, "stream": True}) as r:
                 first = next(r.iter_lines())
