@@ -484,11 +484,12 @@ def test_engine_encodes_pieces_of_many_translations_together(translator):
 
     from qrnn_deploy.serve import Engine
 
-    gate, sizes = threading.Event(), []
+    gate, entered, sizes = threading.Event(), threading.Event(), []
 
     class Gated(SlowTranslator):
         def stream(self):
-            if not sizes and not gate.is_set():
+            if not gate.is_set():
+                entered.set()
                 gate.wait(10)  # hold the worker so the next pieces queue up
             return self.tr.stream()
 
@@ -504,10 +505,13 @@ def test_engine_encodes_pieces_of_many_translations_together(translator):
         try:
             first = e.open()
             f0 = asyncio.ensure_future(first.feed("dead beef"))
-            await asyncio.sleep(0.05)
+            for _ in range(1000):  # until the worker is held inside the first piece
+                if entered.is_set():
+                    break
+                await asyncio.sleep(0.01)
             jobs = [e.open() for _ in sources]
             futs = [asyncio.ensure_future(j.feed(s)) for j, s in zip(jobs, sources)]
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # let the futures post their commands
             gate.set()
             assert await asyncio.gather(f0, *futs) == [9] + [len(s) for s in sources]
             texts = []
@@ -533,7 +537,7 @@ def _long_source(translator, candidates):
 def test_disconnect_mid_stream_frees_state(translator):
     src = _long_source(translator, SOURCES)
     assert len(translator.translate(src, max_len=MAX_LEN)) >= 6
-    app = create_app(SlowTranslator(translator, 0.03), ServeConfig(max_len=MAX_LEN))
+    app = create_app(SlowTranslator(translator, 0.1), ServeConfig(max_len=MAX_LEN))
     with ServerThread(app) as srv, httpx.Client(base_url=srv.url(""), timeout=30) as c:
         async def main():
             # 1. gone while its source is arriving: the encoder state is held, then freed
@@ -563,7 +567,7 @@ def test_disconnect_mid_stream_frees_state(translator):
 
 def test_reset_stops_a_sentence_being_decoded(translator, expected):
     src = _long_source(translator, SOURCES)
-    with ServerThread(create_app(SlowTranslator(translator, 0.02), ServeConfig(max_len=MAX_LEN))) as srv:
+    with ServerThread(create_app(SlowTranslator(translator, 0.08), ServeConfig(max_len=MAX_LEN))) as srv:
         async def main():
             async with connect(srv.ws_url()) as ws:
                 await ws.send(json.dumps({"type": "source", "text": src}))
@@ -587,7 +591,7 @@ def test_queued_sentences_limit_and_sse_disconnect(translator, expected):
     max_queued_sentences; an SSE client that leaves mid-stream frees its state."""
     src = _long_source(translator, SOURCES)
     cfg = ServeConfig(max_len=MAX_LEN, max_queued_sentences=2)
-    with ServerThread(create_app(SlowTranslator(translator, 0.02), cfg)) as srv:
+    with ServerThread(create_app(SlowTranslator(translator, 0.05), cfg)) as srv:
         async def main():
             async with connect(srv.ws_url()) as ws:
                 for _ in range(3):
@@ -625,7 +629,7 @@ def test_queued_sentences_limit_and_sse_disconnect(translator, expected):
 def test_drain_finishes_streams_in_flight_then_stops(translator):
     src = _long_source(translator, SOURCES)
     want = translator.translate(src, max_len=MAX_LEN)
-    srv = ServerThread(create_app(SlowTranslator(translator, 0.02), ServeConfig(max_len=MAX_LEN))).start()
+    srv = ServerThread(create_app(SlowTranslator(translator, 0.05), ServeConfig(max_len=MAX_LEN))).start()
     try:
         async def main():
             ws = await connect(srv.ws_url())
