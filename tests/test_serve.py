@@ -221,6 +221,24 @@ def test_malformed_messages_keep_the_connection(server, expected):
     run(main())
 
 
+def test_invalid_utf8_text_frame_closes_1007_and_frees_the_stream(translator):
+    """A text frame that is not UTF-8 breaks the WebSocket protocol itself: the WebSocket layer
+    closes with 1007 (binary frames get an error message instead, see above)."""
+    from websockets.frames import Frame, Opcode
+
+    with ServerThread(create_app(translator, ServeConfig(max_len=MAX_LEN))) as srv:
+        async def main():
+            async with connect(srv.ws_url()) as ws:
+                ws.protocol.send_frame(Frame(Opcode.TEXT, b'{"type": "source", "text": "\xff"}'))
+                ws.send_data()
+                with pytest.raises(ConnectionClosed) as e:
+                    await ws.recv()
+                assert e.value.rcvd.code == 1007
+
+        run(main())
+        assert wait_for(lambda: srv.state.streams_open == 0 and srv.state.engine.jobs_open == 0)
+
+
 def test_unknown_characters_translate_like_the_runtime(server, translator):
     src = "Grüße, äöü! 漢字 abc"
     want = translator.translate(src, max_len=MAX_LEN)
