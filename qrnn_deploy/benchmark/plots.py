@@ -88,7 +88,8 @@ def latency_bars(recs: list, path: Path, stream_batch: int) -> Path:
     a1.bar(x, p50, color=colors)
     a1.errorbar(x, p50, yerr=[np.zeros_like(p50), np.maximum(p99 - p50, 0)], fmt="none", ecolor="black",
                 capsize=3, lw=1)
-    a1.set_ylabel("ms per token (p50, whisker p99)")
+    a1.set_yscale("log")  # eager PyTorch LSTM steps are 10-30x the others: a linear axis hides the rest
+    a1.set_ylabel("ms per token (p50, whisker p99; log)")
     a1.set_title("Streaming decode, batch 1: per-token latency (lower is better)", fontsize=10)
     a1.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)
     tps = [thr.get((r["H"], r["window"], r["impl"]), {}).get("tokens_per_s", np.nan) for r in lat]
