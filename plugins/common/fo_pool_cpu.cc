@@ -4,7 +4,7 @@
 #include "fo_pool_cpu.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(QRNN_NO_CLONES)
-#define QRNN_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define QRNN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define QRNN_CLONES
 #endif

@@ -1,6 +1,7 @@
 // FoPool kernel for onnxruntime's CPUExecutionProvider: float32 and float16 (fp32 arithmetic),
 // work items (batch row x chunk of hidden units) spread over the session's intra-op threads.
 #include <cstring>
+#include <thread>
 
 #include "fo_pool_op.h"
 #include "ops.h"
@@ -33,16 +34,21 @@ template <typename T>
 void Launch(const Ort::KernelContext& ctx, const FoPoolCall& call, void (*fn)(void*, size_t)) {
   fopool::ForwardArgs<T> args{static_cast<const T*>(call.gates), static_cast<const T*>(call.c0),
                               static_cast<T*>(call.h), static_cast<T*>(call.c_last), call.d};
-  // Items are uniform in cost (same T, one chunk of hidden units each), so plain blocks of a few
-  // items keep scheduling overhead negligible even for tiny chunks of a stream.
+  // Items are uniform in cost, and a range of items walks time in its outer loop reading its
+  // rows in memory order (fo_pool_cpu.h), so each thread gets ONE contiguous range: smaller
+  // tasks would break the streaming access pattern.
   const int64_t items = call.d.items();
-  if (call.d.useful_threads(1 << 20) == 1) {
+  // The custom-op API does not tell the pool's size: one task per hardware thread (onnxruntime
+  // batches tasks when its pool is smaller, so each thread still gets contiguous items).
+  const unsigned hw = std::thread::hardware_concurrency();
+  const int threads = call.d.useful_threads(hw == 0 ? 1 : static_cast<int>(hw));
+  if (threads == 1) {
     // Small work (a streaming step): waking the pool costs more than the step (~15 us).
     RangeJob<T> job{&args, items, items};
     fn(&job, 0);
     return;
   }
-  const int64_t per_task = items >= 1024 ? 4 : 1;
+  const int64_t per_task = (items + threads - 1) / threads;
   RangeJob<T> job{&args, items, per_task};
   ctx.ParallelFor(fn, static_cast<size_t>((items + per_task - 1) / per_task), 0, &job);
 }
