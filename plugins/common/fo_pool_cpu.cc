@@ -1,6 +1,7 @@
 // Out-of-line entry points of the shared FoPool CPU kernel (fo_pool_cpu.h). On x86-64 with GCC or
-// Clang each is compiled twice, for the baseline ISA and for x86-64-v3 (AVX2 + FMA + F16C), and
-// the loader picks the clone the CPU supports: one portable binary that still uses 8-wide vectors.
+// Clang each is compiled three times, for the baseline ISA, x86-64-v3 (AVX2 + FMA + F16C) and
+// x86-64-v4 (AVX-512), and the loader picks the best clone the CPU supports: one portable binary
+// that uses 16-wide vectors where it can (1.65x over AVX2 on an AMD EPYC, docs/benchmarks.md).
 #include "fo_pool_cpu.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(QRNN_NO_CLONES)

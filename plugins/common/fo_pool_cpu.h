@@ -13,7 +13,7 @@
 // running cell states of its items in a buffer that stays in L2. The inner loop runs over the contiguous hidden units of one (t, b) row and is
 // written branch-free (own exp / tanh / sigmoid, own fp16 conversions) so that the compiler
 // vectorizes it: with GCC 12 -O3 every `for (j ...)` loop below is reported as "loop vectorized
-// using 32 byte vectors" in the x86-64-v3 clone and "16 byte vectors" in the baseline clone
+// using 64 / 32 / 16 byte vectors" in the x86-64-v4 / x86-64-v3 / baseline clones
 // (checked with -fopt-info-vec-optimized; see DEVELOPERS.md "Native plugins").
 //
 // Arithmetic is float32 for every storage type (fp16 storage, fp32 arithmetic).
@@ -472,8 +472,8 @@ QRNN_INLINE void backward_items(const BackwardArgs& a, int64_t begin, int64_t en
 }
 
 // ---------------------------------------------------------------------------------------------
-// Entry points compiled once (plugins/common/fo_pool_cpu.cc) with a baseline x86-64 clone and an
-// AVX2/FMA clone chosen at load time, so one binary is both portable and fast.
+// Entry points compiled once (plugins/common/fo_pool_cpu.cc) with baseline, AVX2 and AVX-512
+// clones chosen at load time, so one binary is both portable and fast.
 
 void forward_range_f32(const ForwardArgs<float>& a, int64_t begin, int64_t end);
 void forward_range_f16(const ForwardArgs<uint16_t>& a, int64_t begin, int64_t end);
