@@ -17,6 +17,7 @@ import torch
 
 from qrnn_deploy.export import export_bundle
 from qrnn_deploy.nn import QRNNSeq2Seq
+from translators import random_translator
 from qrnn_deploy.runtime import load_bundle
 from qrnn_deploy.vocab import BOS, EOS, CharVocab
 
@@ -55,20 +56,9 @@ def programs():
 
 def make_model(seed: int = 2) -> QRNNSeq2Seq:
     """A small random translator whose tokens vary with the source and the previous token, and
-    whose hypotheses sometimes end (</s> bias): untrained weights alone repeat one symbol."""
-    torch.manual_seed(seed)
-    m = QRNNSeq2Seq(len(SRC_VOCAB), len(TGT_VOCAB), embed_size=16, hidden_size=24, num_layers=2,
-                    encoder_window=[3, 2], decoder_window=[2, 2]).eval()
-    with torch.no_grad():
-        m.out.weight.mul_(7)
-        m.tgt_embed.weight.mul_(5)
-        m.src_embed.weight.mul_(3)
-        for c in m.cond_proj:
-            c.weight.mul_(4)
-        m.decoder[-1].attn_k.weight.mul_(3)
-        m.out.bias[EOS] += 0.5
-        m.out.bias[BOS] -= 20
-    return m
+    whose hypotheses sometimes end (</s> bias): see translators.py."""
+    return random_translator(len(SRC_VOCAB), len(TGT_VOCAB), seed, hidden_size=24, decoder_window=(2, 2),
+                             out_scale=7, tgt_embed_scale=5, eos_bias=0.5)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import torch
 from qrnn_deploy.errors import BuildError, BundleError, ConfigError, StreamError
 from qrnn_deploy.export import export_bundle
 from qrnn_deploy.nn import QRNNSeq2Seq
+from translators import random_translator
 from qrnn_deploy.runtime import BeamDecoder, DecodeBatch, GreedyDecoder, load_bundle
 from qrnn_deploy.vocab import BOS, EOS, UNK, CharVocab
 
@@ -33,26 +34,8 @@ def _native_lib_available() -> bool:
 
 
 def make_model(seed: int = 0) -> QRNNSeq2Seq:
-    """A small random translator whose outputs depend on the source and vary in length.
-
-    Untrained weights settle into repeating one symbol; scaling up the output layer, the target
-    embedding, the conditioning and the attention makes each step's choice depend on the previous
-    token and the source, and a small </s> bias ends some hypotheses early (checked below).
-    """
-    torch.manual_seed(seed)
-    V = len(VOCAB)
-    m = QRNNSeq2Seq(V, V, embed_size=16, hidden_size=32, num_layers=2, encoder_window=[3, 2],
-                    decoder_window=[2, 1]).eval()
-    with torch.no_grad():
-        m.out.weight.mul_(6)
-        m.tgt_embed.weight.mul_(6)
-        m.src_embed.weight.mul_(3)
-        for c in m.cond_proj:
-            c.weight.mul_(4)
-        m.decoder[-1].attn_k.weight.mul_(3)
-        m.out.bias[EOS] += 0.8
-        m.out.bias[BOS] -= 20
-    return m
+    """A random translator whose outputs vary with the source (see translators.py)."""
+    return random_translator(len(VOCAB), len(VOCAB), seed)
 
 
 def export(model, out: Path, fo_pool: str) -> Path:

@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 from qrnn_deploy.export import export_bundle
 from qrnn_deploy.nn import QRNNSeq2Seq
+from translators import random_translator
 from qrnn_deploy.runtime import load_bundle
 from qrnn_deploy.serve import ServeConfig, create_app
 from qrnn_deploy.serve.metrics import Histogram, ServerMetrics
@@ -37,21 +38,8 @@ SOURCES = ["abc def gh", "hello", "a", "pop mop", "ijkl mnop abc", "dead beef", 
 
 
 def make_model(seed: int = 0) -> QRNNSeq2Seq:
-    """A random translator whose outputs depend on the source (scaled weights, see test_runtime)."""
-    torch.manual_seed(seed)
-    V = len(VOCAB)
-    m = QRNNSeq2Seq(V, V, embed_size=16, hidden_size=32, num_layers=2, encoder_window=[3, 2],
-                    decoder_window=[2, 1]).eval()
-    with torch.no_grad():
-        m.out.weight.mul_(6)
-        m.tgt_embed.weight.mul_(6)
-        m.src_embed.weight.mul_(3)
-        for c in m.cond_proj:
-            c.weight.mul_(4)
-        m.decoder[-1].attn_k.weight.mul_(3)
-        m.out.bias[EOS] += 0.8
-        m.out.bias[BOS] -= 20
-    return m
+    """A random translator whose outputs depend on the source (see translators.py)."""
+    return random_translator(len(VOCAB), len(VOCAB), seed)
 
 
 @pytest.fixture(scope="module")
