@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstdlib>
+#include <exception>
+#include <iostream>
 #include <map>
 #include <set>
 #include <stdexcept>
@@ -78,5 +80,23 @@ class Args {
  private:
   std::map<std::string, std::string> flags_;
 };
+
+// Runs a program's `run` and turns every error into one line on stderr and an exit code:
+// 2 for a usage error or a qrnn::Error (Error must be qrnn::Error), 1 for anything else.
+template <typename Error, typename Run>
+int main_guard(const char* program, Run run, int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const UsageError& e) {
+    std::cerr << program << ": " << e.what() << "\n";
+    return 2;
+  } catch (const Error& e) {
+    std::cerr << program << ": error: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << program << ": internal error: " << e.what() << "\n";
+    return 1;
+  }
+}
 
 }  // namespace qrnn_examples

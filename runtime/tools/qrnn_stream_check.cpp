@@ -180,16 +180,5 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const qrnn_examples::UsageError& e) {
-    std::cerr << "qrnn_stream_check: " << e.what() << "\n";
-    return 2;
-  } catch (const qrnn::Error& e) {
-    std::cerr << "qrnn_stream_check: error: " << e.what() << "\n";
-    return 2;
-  } catch (const std::exception& e) {
-    std::cerr << "qrnn_stream_check: internal error: " << e.what() << "\n";
-    return 1;
-  }
+  return qrnn_examples::main_guard<qrnn::Error>("qrnn_stream_check", run, argc, argv);
 }
