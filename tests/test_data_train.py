@@ -198,3 +198,21 @@ def test_shipped_model_exports_and_the_runtime_translates_alike(tmp_path):
     for text in ("Haus", "Guten Morgen."):
         want = m.greedy_decode(vocab.encode(text), max_len=40)
         assert tr.translate_ids(text, max_len=40) == want
+
+
+def test_thread_chooser_uses_the_faster_setting():
+    from qrnn_deploy.nn.train import ThreadChooser
+
+    before = torch.get_num_threads()
+    try:
+        for faster in (1, 2):
+            ch = ThreadChooser(period=10, probe=2)
+            used = []
+            for _ in range(20):
+                ch.before_step()
+                n = torch.get_num_threads()
+                used.append(n)
+                ch.after_step(100, 1.0 if n == faster else 3.0)
+            assert used[:4] == [1, 1, 2, 2] and set(used[4:10]) == {faster} and used[10:14] == [1, 1, 2, 2]
+    finally:
+        torch.set_num_threads(before)

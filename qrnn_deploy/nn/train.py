@@ -139,6 +139,42 @@ def _py_rng_from_json(j):
     return (j[0], tuple(j[1]), j[2])
 
 
+class ThreadChooser:
+    """Picks 1 or 2 PyTorch threads by measurement, again and again (`--threads 0`).
+
+    On a CPU shared with other jobs a second intra-op thread can halve a step's time (idle second
+    core) or double it (its elementwise ops wait for a busy core), and the load changes. Every
+    `period` steps it times `probe` steps with 1 thread and `probe` with 2 (target symbols per
+    second) and uses the faster for the rest of the period. Results never depend on it beyond
+    float rounding of the matrix products.
+    """
+
+    def __init__(self, period: int = 200, probe: int = 8):
+        self.period, self.probe = period, probe
+        self.i = 0
+        self.rate = {1: [0, 0.0], 2: [0, 0.0]}
+        self.choice = 1
+
+    def before_step(self) -> None:
+        ph = self.i % self.period
+        if ph == 0:
+            self.rate = {1: [0, 0.0], 2: [0, 0.0]}
+        n = 1 if ph < self.probe else 2 if ph < 2 * self.probe else self.choice
+        if ph == 2 * self.probe:
+            (c1, t1), (c2, t2) = self.rate[1], self.rate[2]
+            self.choice = n = 2 if c2 / max(t2, 1e-9) > c1 / max(t1, 1e-9) else 1
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+    def after_step(self, chars: int, seconds: float) -> None:
+        ph = self.i % self.period
+        if ph < 2 * self.probe:
+            r = self.rate[1 if ph < self.probe else 2]
+            r[0] += chars
+            r[1] += seconds
+        self.i += 1
+
+
 # ------------------------------------------------------------------------------------------------
 
 
@@ -170,10 +206,12 @@ def prepare_data(splits: dict, cfg: TrainConfig, vocab: Optional[CharVocab] = No
 
 def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = None,
           max_steps: Optional[int] = None, resume: bool = False, device: str = "cpu",
-          progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
+          progress: bool = True, log: Callable[[str], None] = print,
+          threads: Optional[int] = None) -> TrainResult:
     """Trains a QRNNSeq2Seq on `splits` until `minutes` of training time or `max_steps` steps.
 
     Writes checkpoints to `out_dir` every `cfg.valid_every_s` seconds and at the end.
+    threads: PyTorch CPU threads; 0 = adapt (see `ThreadChooser`); None = leave as set.
     """
     if minutes is None and max_steps is None:
         raise ConfigError("train: give --minutes or max_steps")
@@ -264,6 +302,9 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
         task = bar.add_task("train", total=(minutes * 60 if minutes else max_steps), info="") if bar else None
         t_prev = time.perf_counter()
         steps_this_run = 0
+        chooser = ThreadChooser() if threads == 0 and dev.type == "cpu" else None
+        if threads:
+            torch.set_num_threads(threads)
         while True:
             if (max_steps is not None and steps_this_run >= max_steps) or (deadline is not None and trained_s >= deadline):
                 break
@@ -275,6 +316,8 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
                 frac = min(1.0, trained_s / max(deadline, 1e-9))
                 for g in opt.param_groups:
                     g["lr"] = cfg.lr * (cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * frac)))
+            if chooser is not None:
+                chooser.before_step()
             b = batches[pos]
             loss, k = loss_on(model, *collate(tr_src, tr_tgt, b, dev))
             opt.zero_grad(set_to_none=True)
@@ -287,6 +330,8 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
             lv = float(loss.detach())
             run_loss = lv if math.isnan(run_loss) else 0.98 * run_loss + 0.02 * lv
             now = time.perf_counter()
+            if chooser is not None:
+                chooser.after_step(k, now - t_prev)
             trained_s += now - t_prev
             t_prev = now
             if bar is not None:
