@@ -218,3 +218,12 @@ def test_thread_chooser_uses_the_faster_setting():
             assert used[:4] == [1, 1, 2, 2] and set(used[4:10]) == {faster} and used[10:14] == [1, 1, 2, 2]
     finally:
         torch.set_num_threads(before)
+
+
+def test_quickstart_with_the_shipped_model_works_without_the_dictionary(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(dic, "DEFAULT_PATH", tmp_path / "nope")
+    _run_ok(["quickstart", "--out", str(tmp_path / "qs"), "--examples", "1", "--threads", "1"])
+    text = capsys.readouterr().out
+    assert "not scored" in text and "apt-get install trans-de-en" in text and "[5/5]" in text
+    s = json.loads((tmp_path / "qs" / "quickstart.json").read_text())
+    assert "scores" not in s and len(s["examples"]) == 1 and s["examples"][0]["en"]
