@@ -337,27 +337,19 @@ QRNN_INLINE void forward_block(const ForwardArgs<T>& a, int64_t begin, int64_t e
   }
 }
 
-// Calls block(b0, b1, state) on consecutive blocks of at most kBlockItems items of
-// [begin, end), with one scratch buffer of per-item cell states for all of them.
-template <typename Block>
-QRNN_INLINE void for_each_block(int64_t begin, int64_t end, Block block) {
+template <typename T>
+QRNN_INLINE void forward_items(const ForwardArgs<T>& a, int64_t begin, int64_t end) {
   if (end <= begin) return;
   const int64_t cap = (end - begin) < kBlockItems ? (end - begin) : kBlockItems;
   std::unique_ptr<float[]> state(new float[cap * kChunk]);
   for (int64_t b0 = begin; b0 < end; b0 += kBlockItems) {
-    block(b0, end - b0 < kBlockItems ? end : b0 + kBlockItems, state.get());
-  }
-}
-
-template <typename T>
-QRNN_INLINE void forward_items(const ForwardArgs<T>& a, int64_t begin, int64_t end) {
-  for_each_block(begin, end, [&](int64_t b0, int64_t b1, float* state) {
+    const int64_t b1 = end - b0 < kBlockItems ? end : b0 + kBlockItems;
     switch (a.d.P) {
-      case 2: forward_block<2>(a, b0, b1, state); break;
-      case 3: forward_block<3>(a, b0, b1, state); break;
-      default: forward_block<4>(a, b0, b1, state); break;
+      case 2: forward_block<2>(a, b0, b1, state.get()); break;
+      case 3: forward_block<3>(a, b0, b1, state.get()); break;
+      default: forward_block<4>(a, b0, b1, state.get()); break;
     }
-  });
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -466,13 +458,17 @@ QRNN_INLINE void backward_block(const BackwardArgs& a, int64_t begin, int64_t en
 }
 
 QRNN_INLINE void backward_items(const BackwardArgs& a, int64_t begin, int64_t end) {
-  for_each_block(begin, end, [&](int64_t b0, int64_t b1, float* state) {
+  if (end <= begin) return;
+  const int64_t cap = (end - begin) < kBlockItems ? (end - begin) : kBlockItems;
+  std::unique_ptr<float[]> state(new float[cap * kChunk]);
+  for (int64_t b0 = begin; b0 < end; b0 += kBlockItems) {
+    const int64_t b1 = end - b0 < kBlockItems ? end : b0 + kBlockItems;
     switch (a.d.P) {
-      case 2: backward_block<2>(a, b0, b1, state); break;
-      case 3: backward_block<3>(a, b0, b1, state); break;
-      default: backward_block<4>(a, b0, b1, state); break;
+      case 2: backward_block<2>(a, b0, b1, state.get()); break;
+      case 3: backward_block<3>(a, b0, b1, state.get()); break;
+      default: backward_block<4>(a, b0, b1, state.get()); break;
     }
-  });
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
