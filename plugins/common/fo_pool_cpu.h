@@ -19,6 +19,7 @@
 // Arithmetic is float32 for every storage type (fp16 storage, fp32 arithmetic).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -30,14 +31,17 @@
 #define QRNN_INLINE inline __attribute__((always_inline))
 #define QRNN_RESTRICT __restrict__
 #define QRNN_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#define QRNN_PREFETCH(p, rw) __builtin_prefetch((p), (rw), 3)
 #elif defined(__GNUC__)
 #define QRNN_INLINE inline __attribute__((always_inline))
 #define QRNN_RESTRICT __restrict__
 #define QRNN_IVDEP _Pragma("GCC ivdep")
+#define QRNN_PREFETCH(p, rw) __builtin_prefetch((p), (rw), 3)
 #else
 #define QRNN_INLINE inline
 #define QRNN_RESTRICT
 #define QRNN_IVDEP
+#define QRNN_PREFETCH(p, rw) ((void)(p))
 #endif
 
 namespace qrnn {
@@ -124,23 +128,35 @@ inline std::string check_shapes(const int64_t* gates_shape, size_t gates_rank, b
 QRNN_INLINE float bits_to_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 QRNN_INLINE uint32_t float_to_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
 
-// e^x for x in [-87, 87] (callers clamp: each clamp is a compare + blend, ~5% of the kernel):
-// x = n ln2 + r with |r| <= ln2/2; e^r = 1 + r + r^2 q(r) with q of degree 4, fitted here for
-// minimal relative error on that interval (max 6.7e-8 evaluated in float32, under one ulp; a
-// degree-7 Taylor polynomial is no better and costs one more FMA); 2^n from exponent bits.
-QRNN_INLINE float exp_f(float x) {
+// e^x for x <= 0 (every caller passes -|x|, so results lie in (0, 1] and no quotient formed
+// from them can overflow). Below -87 the argument is clamped (one max): e^-87 is 1.6e-38, and
+// every use adds it to 1 or multiplies it by a bounded value.
+// x = n ln2 + r with |r| <= ln2/2; e^r by a degree-5 polynomial (Horner, 5 FMAs) fitted here for
+// minimal relative error on that interval (7.5e-8; evaluated in float32 the whole function stays
+// within 2.1e-7 relative of e^x on [-87, 0], checked on 4M points); 2^n from exponent bits.
+QRNN_INLINE float exp_nonpos(float x) {
+  // The clamp on the bits: for x <= 0 (sign bit set) a larger signed integer is a more negative
+  // float, so an integer min is the float max (one vpminsd; a float ternary leaves GCC with
+  // compares and blends).
+  const int32_t kMinus87 = static_cast<int32_t>(0xc2ae0000u);  // bits of -87.0f
+  int32_t xb = static_cast<int32_t>(float_to_bits(x));
+  xb = xb < kMinus87 ? xb : kMinus87;
+  x = bits_to_float(static_cast<uint32_t>(xb));
   const float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer (no -ffast-math)
-  float n = (x * 1.44269504088896341f + kRound) - kRound;
+  const float t = x * 1.44269504088896341f + kRound;
+  const float n = t - kRound;
   float r = x - n * 0.693359375f;     // ln2 split in a short high part (exact product) ...
   r = r - n * -2.12194440e-4f;        // ... and the remainder
-  float q = 1.3814629055559635e-3f;
-  q = q * r + 8.368710987269878e-3f;
-  q = q * r + 4.166838899254799e-2f;
-  q = q * r + 1.666652113199234e-1f;
-  q = q * r + 4.999999403953552e-1f;
-  float p = q * r * r + r + 1.0f;
-  int32_t e = static_cast<int32_t>(n) + 127;
-  return p * bits_to_float(static_cast<uint32_t>(e) << 23);
+  float p = 8.297654800e-03f;
+  p = p * r + 4.191538319e-02f;
+  p = p * r + 1.666757464e-01f;
+  p = p * r + 4.999889433e-01f;
+  p = p * r + 9.999997020e-01f;
+  p = p * r + 1.000000119e+00f;
+  // t's bits are 0x4B400000 + n (n in [-126, 0] sits in the low mantissa bits); shifting
+  // (bits + 127) left by 23 drops the 0x4B4 part and leaves the biased exponent n + 127: 2^n
+  // without a float -> int conversion.
+  return p * bits_to_float((float_to_bits(t) + 127u) << 23);
 }
 
 // IEEE binary16 <-> float32, branch-free (selects only). Round to nearest even on the way down.
@@ -176,66 +192,61 @@ QRNN_INLINE void store(float* p, float v) { *p = v; }
 QRNN_INLINE void store(uint16_t* p, float v) { *p = float_to_half(v); }
 
 // ---------------------------------------------------------------------------------------------
-// The gate activations of one element with ONE division. Divisions are the slow part of these
-// loops (vdivps issues every ~5-10 cycles, everything else pipelines), and each of tanh and
-// sigmoid needs one: sigmoid(x) = 1 / (1 + e^-x), tanh(|x|) = (1 - e^-2|x|) / (1 + e^-2|x|)
-// (or a polynomial over 1 near 0). One reciprocal of the product of all denominators gives
-// each quotient by multiplications; clamping sigmoid arguments to +-25 keeps that product below
-// (1 + e^25)^3 * 2 < 1e33 (no overflow) and changes sigmoid by < 1.4e-11 (absolute).
-// 1 - sigmoid(x) is formed as e^-x / (1 + e^-x): no cancellation.
+// The gate activations of one element from e^-|x| and ONE division. Divisions are the slow part
+// of these loops (vdivps issues every ~5-10 cycles, everything else pipelines), and each of
+// tanh and sigmoid needs one. With e = e^-|x| in (0, 1] every denominator lies in [1, 2]:
+//   sigmoid(x) = s / (1 + e), 1 - sigmoid(x) = s' / (1 + e)   (s, s') = x >= 0 ? (1, e) : (e, 1)
+//   tanh(x) = sign(x) (1 - e2) / (1 + e2)                      e2 = e^-2|x|
+// so one reciprocal of the product of all denominators (at most 16) gives each quotient by
+// multiplications, with no clamping of arguments and no overflow. Both sigmoid and 1 - sigmoid
+// come out with small relative error (no cancellation); tanh near 0 has an absolute error of
+// about one float32 ulp of 1 (6e-8), far inside the contract's 1e-6.
+
+struct Sig {
+  float num, omnum, den;  // sigmoid = num / den, 1 - sigmoid = omnum / den
+};
+
+QRNN_INLINE Sig sigmoid_parts(float x) {
+  const float e = exp_nonpos(-std::fabs(x));
+  const bool pos = x >= 0.0f;
+  return {pos ? 1.0f : e, pos ? e : 1.0f, 1.0f + e};
+}
+
+// tanh(x) = zn / zd.
+QRNN_INLINE void tanh_parts(float x, float* zn, float* zd) {
+  const float e = exp_nonpos(-2.0f * std::fabs(x));
+  *zn = std::copysign(1.0f - e, x);
+  *zd = 1.0f + e;
+}
 
 struct Gates {
   float z, f, omf, o = 0.0f, omo = 0.0f, i = 0.0f, omi = 0.0f;  // omX = 1 - X
 };
 
-QRNN_INLINE float exp_neg_clamped(float x) {
-  x = x < -25.0f ? -25.0f : x;
-  x = x > 25.0f ? 25.0f : x;
-  return exp_f(-x);
-}
-
-// tanh(x) = zn / zd: an odd minimax polynomial over 1 for |x| < 0.625 (where 1 - e^-2|x| would
-// cancel; coefficients of the classic Cephes single-precision fit), else (1 - e^-2|x|) / (1 + e^-2|x|).
-QRNN_INLINE void tanh_parts(float x, float* zn, float* zd) {
-  float ax = x < 0.0f ? -x : x;
-  float m2ax = -2.0f * ax;
-  float ez = exp_f(m2ax < -87.0f ? -87.0f : m2ax);  // tanh(43.5) is 1 in any float format
-  float x2 = x * x;
-  float q = -5.70498872745e-3f;
-  q = q * x2 + 2.06390887954e-2f;
-  q = q * x2 - 5.37397155531e-2f;
-  q = q * x2 + 1.33314422036e-1f;
-  q = q * x2 - 3.33332819422e-1f;
-  float small = x + x * x2 * q;
-  float big = x < 0.0f ? ez - 1.0f : 1.0f - ez;
-  bool near0 = ax < 0.625f;
-  *zn = near0 ? small : big;
-  *zd = near0 ? 1.0f : 1.0f + ez;
-}
-
 // One forward step of one element: (c_t, h_t) from the pre-activations and c_{t-1}, with one
-// division. With f = 1/df, 1 - f = ef/df, i = 1/di, o = 1/dO, z = zn/zd:
-//   'f', 'fo': c_t = (c zd + ef zn) / (df zd)      'ifo': c_t = (c zd di + zn df) / (df zd di)
-//   h_t = c_t / dO, so one reciprocal of (denominator * dO) yields both h_t and c_t = h_t * dO.
+// division. With f = sf/df, 1 - f = sf'/df, i = si/di, o = so/dO, z = zn/zd:
+//   'f', 'fo': c_t = N / (df zd), N = c sf zd + sf' zn
+//   'ifo':     c_t = N / (df zd di), N = c sf zd di + si zn df
+//   h_t = c_t so / dO: with r = 1 / (den dO), h_t = so N r and c_t = N dO r.
 template <int P>
 QRNN_INLINE void forward_step(float gz, float gf, float go, float gi, float c_prev, float* c_t, float* h_t) {
   float zn, zd;
   tanh_parts(gz, &zn, &zd);
-  float ef = exp_neg_clamped(gf), df = 1.0f + ef;
+  const Sig f = sigmoid_parts(gf);
   float num, den;
   if (P == 4) {
-    float di = 1.0f + exp_neg_clamped(gi);
-    num = c_prev * zd * di + zn * df;
-    den = df * zd * di;
+    const Sig i = sigmoid_parts(gi);
+    num = c_prev * f.num * zd * i.den + i.num * zn * f.den;
+    den = f.den * zd * i.den;
   } else {
-    num = c_prev * zd + ef * zn;
-    den = df * zd;
+    num = c_prev * f.num * zd + f.omnum * zn;
+    den = f.den * zd;
   }
   if (P >= 3) {
-    float dO = 1.0f + exp_neg_clamped(go);
-    float h = num * (1.0f / (den * dO));
-    *h_t = h;
-    *c_t = h * dO;
+    const Sig o = sigmoid_parts(go);
+    const float r = 1.0f / (den * o.den);
+    *h_t = o.num * num * r;
+    *c_t = num * o.den * r;
   } else {
     *c_t = num / den;
     *h_t = *c_t;
@@ -247,25 +258,24 @@ template <int P>
 QRNN_INLINE Gates activations(float gz, float gf, float go, float gi) {
   float zn, zd;
   tanh_parts(gz, &zn, &zd);
-  float ef = exp_neg_clamped(gf), df = 1.0f + ef;
-  float eo = P >= 3 ? exp_neg_clamped(go) : 0.0f, dO = 1.0f + eo;
-  float ei = P == 4 ? exp_neg_clamped(gi) : 0.0f, di = 1.0f + ei;
-  float r = 1.0f / (zd * df * (P >= 3 ? dO : 1.0f) * (P == 4 ? di : 1.0f));
+  const Sig f = sigmoid_parts(gf);
+  const Sig o = P >= 3 ? sigmoid_parts(go) : Sig{1.0f, 0.0f, 1.0f};
+  const Sig i = P == 4 ? sigmoid_parts(gi) : Sig{1.0f, 0.0f, 1.0f};
+  const float r = 1.0f / (zd * f.den * o.den * i.den);
   Gates a;
-  float others = P >= 3 ? (P == 4 ? dO * di : dO) : 1.0f;  // the denominators besides zd and df
-  float inv_df = zd * others * r;
-  a.f = inv_df;
-  a.omf = ef * inv_df;
-  a.z = zn * df * others * r;
+  const float inv_df = zd * o.den * i.den * r;
+  a.f = f.num * inv_df;
+  a.omf = f.omnum * inv_df;
+  a.z = zn * f.den * o.den * i.den * r;
   if (P >= 3) {
-    float inv_do = zd * df * (P == 4 ? di : 1.0f) * r;
-    a.o = inv_do;
-    a.omo = eo * inv_do;
+    const float inv_do = zd * f.den * i.den * r;
+    a.o = o.num * inv_do;
+    a.omo = o.omnum * inv_do;
   }
   if (P == 4) {
-    float inv_di = zd * df * dO * r;
-    a.i = inv_di;
-    a.omi = ei * inv_di;
+    const float inv_di = zd * f.den * o.den * r;
+    a.i = i.num * inv_di;
+    a.omi = i.omnum * inv_di;
   }
   return a;
 }
@@ -302,6 +312,45 @@ QRNN_INLINE ItemPos item_pos(const Dims& d, int64_t it) {
 // 43 GB/s machine that ran at 9 GB/s.)
 constexpr int64_t kBlockItems = 256;
 
+// Software prefetch. Each step of an item reads P rows of up to kChunk values that lie H apart,
+// so every gate block of a batch row is a run of only H values (4 KB at H = 1024) before the next
+// row: the hardware prefetchers, which stop at page boundaries, keep relearning and a single core
+// stalls on memory (1.0 ns per element at T=512, B=64, H=1024 against 0.56 ns with the data in
+// cache). So while computing one item the loop prefetches the rows of the item kAheadItems later
+// in the walk (the same step, or the next step's first items), kSub values at a time.
+constexpr int64_t kAheadItems = 2;
+constexpr int64_t kSub = 64;
+
+template <typename T>
+struct Ahead {
+  const T* g = nullptr;  // gate rows of the item ahead (null: none)
+  const T* out = nullptr;  // its h row
+};
+
+template <typename T>
+QRNN_INLINE Ahead<T> ahead(const ForwardArgs<T>& a, int64_t begin, int64_t end, int64_t s, int64_t it, int64_t W) {
+  const Dims& d = a.d;
+  int64_t nit = it + kAheadItems;
+  if (nit >= end) {
+    nit = begin + (nit - end);
+    ++s;
+    if (s >= d.T || nit >= end) return {};
+  }
+  const int64_t t = d.reverse ? d.T - 1 - s : s;
+  const ItemPos p = item_pos(d, nit);
+  return {a.gates + d.row(t, p.b, W) + p.h0, a.h + d.row(t, p.b, d.H) + p.h0};
+}
+
+template <int P, typename T>
+QRNN_INLINE void prefetch_rows(const Ahead<T>& next, int64_t H, int64_t j0, int64_t j1) {
+  if (!next.g) return;
+  constexpr int64_t kLine = 64 / sizeof(T);
+  for (int64_t j = j0; j < j1; j += kLine) {
+    for (int x = 0; x < P; ++x) QRNN_PREFETCH(next.g + x * H + j, 0);
+    QRNN_PREFETCH(next.out + j, 1);
+  }
+}
+
 template <int P, typename T>
 QRNN_INLINE void forward_block(const ForwardArgs<T>& a, int64_t begin, int64_t end, float* state) {
   const Dims& d = a.d;
@@ -318,13 +367,18 @@ QRNN_INLINE void forward_block(const ForwardArgs<T>& a, int64_t begin, int64_t e
       const T* QRNN_RESTRICT g = a.gates + d.row(t, p.b, P * H) + p.h0;
       T* QRNN_RESTRICT out = a.h + d.row(t, p.b, H) + p.h0;
       float* QRNN_RESTRICT c = state + (it - begin) * kChunk;
-      QRNN_IVDEP
-      for (int64_t j = 0; j < p.n; ++j) {
-        float cj, hj;
-        forward_step<P>(load(g[j]), load(g[H + j]), P >= 3 ? load(g[2 * H + j]) : 0.0f,
-                        P == 4 ? load(g[3 * H + j]) : 0.0f, c[j], &cj, &hj);
-        c[j] = cj;
-        store(out + j, hj);
+      const Ahead<T> next = ahead(a, begin, end, s, it, P * H);
+      for (int64_t j0 = 0; j0 < p.n; j0 += kSub) {
+        const int64_t j1 = p.n - j0 < kSub ? p.n : j0 + kSub;
+        prefetch_rows<P>(next, H, j0, j1);
+        QRNN_IVDEP
+        for (int64_t j = j0; j < j1; ++j) {
+          float cj, hj;
+          forward_step<P>(load(g[j]), load(g[H + j]), P >= 3 ? load(g[2 * H + j]) : 0.0f,
+                          P == 4 ? load(g[3 * H + j]) : 0.0f, c[j], &cj, &hj);
+          c[j] = cj;
+          store(out + j, hj);
+        }
       }
     }
   }
