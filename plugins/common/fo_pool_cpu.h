@@ -321,33 +321,45 @@ constexpr int64_t kBlockItems = 256;
 constexpr int64_t kAheadItems = 2;
 constexpr int64_t kSub = 64;
 
-template <typename T>
+// The item kAheadItems later in a block's walk: the same step, or the first items of the next
+// step in walking order (step s + dir, dir = +1 or -1). ok is false past the end of the walk.
 struct Ahead {
-  const T* g = nullptr;  // gate rows of the item ahead (null: none)
-  const T* out = nullptr;  // its h row
+  bool ok = false;
+  int64_t t = 0;
+  ItemPos p{0, 0, 0};
 };
 
-template <typename T>
-QRNN_INLINE Ahead<T> ahead(const ForwardArgs<T>& a, int64_t begin, int64_t end, int64_t s, int64_t it, int64_t W) {
-  const Dims& d = a.d;
+QRNN_INLINE Ahead ahead(const Dims& d, int64_t begin, int64_t end, int64_t s, int64_t it, int dir) {
   int64_t nit = it + kAheadItems;
   if (nit >= end) {
     nit = begin + (nit - end);
-    ++s;
-    if (s >= d.T || nit >= end) return {};
+    s += dir;
+    if (s < 0 || s >= d.T || nit >= end) return {};
   }
-  const int64_t t = d.reverse ? d.T - 1 - s : s;
-  const ItemPos p = item_pos(d, nit);
-  return {a.gates + d.row(t, p.b, W) + p.h0, a.h + d.row(t, p.b, d.H) + p.h0};
+  return {true, d.reverse ? d.T - 1 - s : s, item_pos(d, nit)};
 }
 
-template <int P, typename T>
-QRNN_INLINE void prefetch_rows(const Ahead<T>& next, int64_t H, int64_t j0, int64_t j1) {
-  if (!next.g) return;
+// The P gate rows of one (t, b) row starting at `g` (H apart) and, unless null, one more row `x`,
+// line by line across the rows.
+template <int P, typename T, typename U>
+QRNN_INLINE void prefetch_gates(const T* g, int64_t H, const U* x, int64_t j0, int64_t j1, int rw, int x_rw) {
+  static_assert(sizeof(T) == sizeof(U), "rows of one storage type");
   constexpr int64_t kLine = 64 / sizeof(T);
   for (int64_t j = j0; j < j1; j += kLine) {
-    for (int x = 0; x < P; ++x) QRNN_PREFETCH(next.g + x * H + j, 0);
-    QRNN_PREFETCH(next.out + j, 1);
+    for (int k = 0; k < P; ++k) {
+      if (rw) {
+        QRNN_PREFETCH(g + k * H + j, 1);
+      } else {
+        QRNN_PREFETCH(g + k * H + j, 0);
+      }
+    }
+    if (x) {
+      if (x_rw) {
+        QRNN_PREFETCH(x + j, 1);
+      } else {
+        QRNN_PREFETCH(x + j, 0);
+      }
+    }
   }
 }
 
@@ -367,10 +379,14 @@ QRNN_INLINE void forward_block(const ForwardArgs<T>& a, int64_t begin, int64_t e
       const T* QRNN_RESTRICT g = a.gates + d.row(t, p.b, P * H) + p.h0;
       T* QRNN_RESTRICT out = a.h + d.row(t, p.b, H) + p.h0;
       float* QRNN_RESTRICT c = state + (it - begin) * kChunk;
-      const Ahead<T> next = ahead(a, begin, end, s, it, P * H);
+      const Ahead nx = ahead(d, begin, end, s, it, +1);
+      const T* next_g = nx.ok ? a.gates + d.row(nx.t, nx.p.b, P * H) + nx.p.h0 : nullptr;
+      const T* next_out = nx.ok ? a.h + d.row(nx.t, nx.p.b, H) + nx.p.h0 : nullptr;
       for (int64_t j0 = 0; j0 < p.n; j0 += kSub) {
         const int64_t j1 = p.n - j0 < kSub ? p.n : j0 + kSub;
-        prefetch_rows<P>(next, H, j0, j1);
+        if (next_g) {
+          prefetch_gates<P>(next_g, H, next_out, j0, j1, 0, 1);
+        }
         QRNN_IVDEP
         for (int64_t j = j0; j < j1; ++j) {
           float cj, hj;
@@ -443,12 +459,20 @@ QRNN_INLINE void backward_block(const BackwardArgs& a, int64_t begin, int64_t en
       const float* QRNN_RESTRICT g = a.gates + d.row(t, p.b, W) + p.h0;
       float* QRNN_RESTRICT cs = a.grad_gates + d.row(t, p.b, W) + H + p.h0;
       float* QRNN_RESTRICT c = state + (it - begin) * kChunk;
-      QRNN_IVDEP
-      for (int64_t j = 0; j < p.n; ++j) {
-        float cj, hj;  // the forward's own arithmetic: the same c_t bit for bit
-        forward_step<P>(g[j], g[H + j], P >= 3 ? g[2 * H + j] : 0.0f, P == 4 ? g[3 * H + j] : 0.0f, c[j], &cj, &hj);
-        c[j] = cj;
-        cs[j] = cj;
+      const Ahead nx = ahead(d, begin, end, s, it, +1);
+      const int64_t next_row = nx.ok ? d.row(nx.t, nx.p.b, W) + nx.p.h0 : 0;
+      for (int64_t j0 = 0; j0 < p.n; j0 += kSub) {
+        const int64_t j1 = p.n - j0 < kSub ? p.n : j0 + kSub;
+        if (nx.ok) {
+          prefetch_gates<P>(a.gates + next_row, H, a.grad_gates + next_row + H, j0, j1, 0, 1);
+        }
+        QRNN_IVDEP
+        for (int64_t j = j0; j < j1; ++j) {
+          float cj, hj;  // the forward's own arithmetic: the same c_t bit for bit
+          forward_step<P>(g[j], g[H + j], P >= 3 ? g[2 * H + j] : 0.0f, P == 4 ? g[3 * H + j] : 0.0f, c[j], &cj, &hj);
+          c[j] = cj;
+          cs[j] = cj;
+        }
       }
     }
   }
@@ -476,32 +500,42 @@ QRNN_INLINE void backward_block(const BackwardArgs& a, int64_t begin, int64_t en
           s > 0 ? a.grad_gates + d.row(time_of(s - 1), p.b, W) + H + p.h0
                 : (a.c0 ? a.c0 + p.b * H + p.h0 : nullptr);
       float* QRNN_RESTRICT carry = state + (it - begin) * kChunk;
-      QRNN_IVDEP
-      for (int64_t j = 0; j < p.n; ++j) {
-        Gates act = activations<P>(g[j], g[H + j], P >= 3 ? g[2 * H + j] : 0.0f, P == 4 ? g[3 * H + j] : 0.0f);
-        const float z = act.z, f = act.f;
-        float c = dgf[j];
-        float cp = cprev ? cprev[j] : 0.0f;
-        float ghj = gh[j];
-        float dc;
-        if (P >= 3) {
-          dc = ghj * act.o + carry[j];
-          dgo[j] = ghj * c * act.o * act.omo;
-        } else {
-          dc = ghj + carry[j];
+      const Ahead nx = ahead(d, begin, end, s, it, -1);
+      const int64_t next_row = nx.ok ? d.row(nx.t, nx.p.b, W) + nx.p.h0 : 0;
+      const int64_t next_h_row = nx.ok ? d.row(nx.t, nx.p.b, H) + nx.p.h0 : 0;
+      for (int64_t j0 = 0; j0 < p.n; j0 += kSub) {
+        const int64_t j1 = p.n - j0 < kSub ? p.n : j0 + kSub;
+        if (nx.ok) {
+          prefetch_gates<P>(a.gates + next_row, H, a.grad_h + next_h_row, j0, j1, 0, 0);
+          prefetch_gates<P>(a.grad_gates + next_row, H, static_cast<const float*>(nullptr), j0, j1, 1, 0);
         }
-        float dz, dfg;
-        if (P == 4) {
-          dz = dc * act.i;
-          dfg = dc * cp;
-          dgi[j] = dc * z * act.i * act.omi;
-        } else {
-          dz = dc * act.omf;
-          dfg = dc * (cp - z);
+        QRNN_IVDEP
+        for (int64_t j = j0; j < j1; ++j) {
+          Gates act = activations<P>(g[j], g[H + j], P >= 3 ? g[2 * H + j] : 0.0f, P == 4 ? g[3 * H + j] : 0.0f);
+          const float z = act.z, f = act.f;
+          float c = dgf[j];
+          float cp = cprev ? cprev[j] : 0.0f;
+          float ghj = gh[j];
+          float dc;
+          if (P >= 3) {
+            dc = ghj * act.o + carry[j];
+            dgo[j] = ghj * c * act.o * act.omo;
+          } else {
+            dc = ghj + carry[j];
+          }
+          float dz, dfg;
+          if (P == 4) {
+            dz = dc * act.i;
+            dfg = dc * cp;
+            dgi[j] = dc * z * act.i * act.omi;
+          } else {
+            dz = dc * act.omf;
+            dfg = dc * (cp - z);
+          }
+          dgz[j] = dz * (1.0f - z * z);
+          dgf[j] = dfg * f * act.omf;
+          carry[j] = f * dc;
         }
-        dgz[j] = dz * (1.0f - z * z);
-        dgf[j] = dfg * f * act.omf;
-        carry[j] = f * dc;
       }
     }
   }
