@@ -1,20 +1,29 @@
-"""The engine: one worker thread owns every translation's model state and batches decoder steps.
+"""The engine: two worker threads own every translation's model state; decoder steps are batched.
 
 The event loop never runs the model. Its coroutines post commands (feed a source piece, end the
-source, close) to the worker and read results from per-translation queues. Each worker iteration
+source, close) and read results from per-translation queues. The work is split over two threads
+so that encoding and decoding overlap (onnxruntime releases the GIL while a graph runs, so on a
+machine with two or more cores the encoder graph runs beside the decoder graph):
 
-1. applies the commands that arrived (source pieces are encoded at once, in arrival order),
-2. runs ONE decoder step for every translation being decoded: all their rows go into one
-   runtime call (`decode_batch().step(decoders)`; split only above `max_batch_rows`),
-3. hands the tokens that became final back to the loop in one `call_soon_threadsafe`.
+- the ENCODER thread takes the commands in arrival order: source pieces are encoded at once
+  (pieces of different translations that wait together go into one `feed_batch` call); at a
+  translation's end it builds the decoder and hands the translation to the decoder thread;
+- the DECODER thread runs ONE decoder step per iteration for every translation being decoded:
+  all their rows go into one runtime call (`decode_batch().step(decoders)`; split only above
+  `max_batch_rows`), and hands the tokens that became final back to the loop in one
+  `call_soon_threadsafe`.
 
-Translations join and leave the batch between any two steps (continuous batching), so a stream
-never waits for another to finish. When the worker was idle and a translation's source ends, it
-waits up to `batch_wait_ms` for others to end too, so streams that end together start together.
+A translation belongs to the encoder thread until its source ends and to the decoder thread
+after; a close is forwarded to whichever holds it, in order. Translations join and leave the
+decoding batch between any two steps (continuous batching), so a stream never waits for another
+to finish. When the decoder thread was idle and a translation arrives, it waits up to
+`batch_wait_ms` for others to arrive too, so streams that end together start together.
 Batched and lone decoding give the same tokens: the runtime pads memories with memory_mask = 0.
 
 The model is anything with the three methods of `qrnn_deploy.runtime.Translator` used here
-(`stream()`, `decode_batch()`, `token_text(id)`), so tests can plug in a scripted one.
+(`stream()`, `decode_batch()`, `token_text(id)`), so tests can plug in a scripted one. Its
+encoder and decoder must tolerate running at the same time in two threads (onnxruntime sessions
+do: `InferenceSession.run` is thread-safe, and the two threads use different sessions).
 """
 
 from __future__ import annotations
@@ -48,10 +57,15 @@ class Engine:
         self.batch_wait = batch_wait_ms / 1000.0
         self.flush = flush_ms / 1000.0
         self.max_batch_rows = max_batch_rows
-        self._cv = threading.Condition()
+        self._cv = threading.Condition()  # guards _cmds (loop -> encoder thread) and _stop
         self._cmds: list = []
         self._stop = False
-        self._thread: Optional[threading.Thread] = None
+        self._dcv = threading.Condition()  # guards _dcmds (encoder -> decoder thread) and _dstop
+        self._dcmds: list = []
+        self._dstop = False  # the decoder thread takes no more work (set after the encoder stops)
+        self._dgone = False  # the decoder thread has exited: forwarding fails at once
+        self._thread: Optional[threading.Thread] = None  # the encoder thread
+        self._dthread: Optional[threading.Thread] = None  # the decoder thread
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._ids = itertools.count(1)
         self._active: list = []  # jobs being decoded, in the order they joined (keeps batch caches warm)
@@ -71,21 +85,32 @@ class Engine:
             return
         self._loop = asyncio.get_running_loop()
         self._stop = False
-        self._thread = threading.Thread(target=self._run, name="qrnn-serve-engine", daemon=True)
+        self._dstop = self._dgone = False
+        self._dthread = threading.Thread(target=self._run_decoder, name="qrnn-serve-decoder", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="qrnn-serve-encoder", daemon=True)
+        self._dthread.start()
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stops the worker; translations still in it get an error event."""
+        """Stops both workers; translations still in them get an error event. The encoder thread
+        stops first, so every translation it handed on is in the decoder thread's hands."""
         with self._cv:
             self._stop = True
             self._cv.notify()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        with self._dcv:
+            self._dstop = True
+            self._dcv.notify()
+        if self._dthread is not None:
+            self._dthread.join(timeout)
+            self._dthread = None
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and not self._stop
+        return (self._thread is not None and self._thread.is_alive() and self._dthread is not None
+                and self._dthread.is_alive() and not self._stop)
 
     # -- commands (event loop) ------------------------------------------------------------------
 
@@ -130,23 +155,14 @@ class Engine:
         except EngineStopped:
             pass
 
-    # -- the worker -----------------------------------------------------------------------------
+    # -- the encoder thread -------------------------------------------------------------------
 
     def _take(self) -> Optional[list]:
-        if not self._active:
-            self._flush()  # nothing deferred may wait while the worker sleeps
         with self._cv:
-            while not self._cmds and not self._active and not self._stop:
+            while not self._cmds and not self._stop:
                 self._cv.wait()
             if self._stop:
                 return None
-            ending = sum(c[0] == "end" for c in self._cmds)
-            if not self._active and self.batch_wait > 0 and ending and self.jobs_open > ending:
-                # Idle until now, and other translations' sources are still arriving: let those
-                # that end together start together (bounded wait). A lone translation never waits.
-                deadline = time.monotonic() + self.batch_wait
-                while (left := deadline - time.monotonic()) > 0 and not self._stop:
-                    self._cv.wait(left)
             cmds, self._cmds = self._cmds, []
             return cmds
 
@@ -158,25 +174,95 @@ class Engine:
                     break
                 out: list = []
                 self._apply_all(cmds, out)
-                urgent = bool(out)  # encoder results and errors: a coroutine is waiting for them
-                if self._active:
-                    urgent = self._step(out) or urgent
-                if out:
-                    self._emit(out, urgent)
+                if out:  # encoder results and errors: a coroutine is waiting for them
+                    self._emit(out, True)
         except BaseException:  # a bug in the worker must not leave clients waiting forever
-            log.exception("translation engine worker crashed")
+            log.exception("translation engine encoder thread crashed")
         finally:
-            self._shutdown_jobs()
+            self._shutdown_encoder()
 
-    def _shutdown_jobs(self) -> None:
+    def _shutdown_encoder(self) -> None:
         with self._cv:
             self._stop = True
             cmds, self._cmds = self._cmds, []
         out: list = []
         for cmd in cmds:
+            job = cmd[1]
             if cmd[0] == "feed":
                 out.append((cmd[3], EngineStopped("the server is shutting down")))
             elif cmd[0] == "end":
+                out.append((job, {"type": "error", "message": "the server is shutting down"}))
+            if job._decoding:
+                self._to_decoder(("close", job))
+            else:
+                self._free(job)
+        if out:
+            self._emit(out, True)
+
+    def _to_decoder(self, cmd: tuple) -> bool:
+        """Hands a command to the decoder thread; False when that thread is gone."""
+        with self._dcv:
+            if self._dgone:
+                return False
+            self._dcmds.append(cmd)
+            self._dcv.notify()
+            return True
+
+    # -- the decoder thread -------------------------------------------------------------------
+
+    def _dtake(self) -> Optional[list]:
+        if not self._active:
+            self._flush()  # nothing deferred may wait while the worker sleeps
+        with self._dcv:
+            while not self._dcmds and not self._active and not self._dstop:
+                self._dcv.wait()
+            if self._dstop:
+                return None
+            starting = sum(c[0] == "start" for c in self._dcmds)
+            if not self._active and self.batch_wait > 0 and starting and self.jobs_open > starting:
+                # Idle until now, and other translations are still open: let those whose sources
+                # end together start together (bounded wait). A lone translation never waits.
+                deadline = time.monotonic() + self.batch_wait
+                while (left := deadline - time.monotonic()) > 0 and not self._dstop:
+                    self._dcv.wait(left)
+            cmds, self._dcmds = self._dcmds, []
+            return cmds
+
+    def _run_decoder(self) -> None:
+        try:
+            while True:
+                cmds = self._dtake()
+                if cmds is None:
+                    break
+                for cmd in cmds:
+                    job = cmd[1]
+                    if cmd[0] == "start" and not job.closed:
+                        self._active.append(job)
+                    else:  # "close", or a start whose close is already on its way
+                        if job in self._active:
+                            self._active.remove(job)
+                        self._free(job)
+                out: list = []
+                urgent = False
+                if self._active:
+                    urgent = self._step(out)
+                if out:
+                    self._emit(out, urgent)
+        except BaseException:  # a bug in the worker must not leave clients waiting forever
+            log.exception("translation engine decoder thread crashed")
+        finally:
+            self._shutdown_decoder()
+
+    def _shutdown_decoder(self) -> None:
+        with self._cv:
+            self._stop = True  # no new work from the loop (the encoder thread may still run)
+            self._cv.notify()
+        with self._dcv:
+            self._dgone = True
+            cmds, self._dcmds = self._dcmds, []
+        out: list = []
+        for cmd in cmds:
+            if cmd[0] == "start":
                 out.append((cmd[1], {"type": "error", "message": "the server is shutting down"}))
             self._free(cmd[1])
         for job in self._active:
@@ -253,9 +339,10 @@ class Engine:
     def _apply(self, cmd: tuple, out: list) -> None:
         kind, job = cmd[0], cmd[1]
         if kind == "close":
-            if job in self._active:
-                self._active.remove(job)
-            self._free(job)
+            if not job._decoding:
+                self._free(job)
+            elif not self._to_decoder(("close", job)):
+                self._free(job)  # the decoder thread is gone (it has already failed the job)
             return
         if job.closed:
             if kind == "feed":
@@ -291,8 +378,11 @@ class Engine:
             if job._decoder.done:  # max_len 0 or similar: nothing to decode
                 out.append((job, self._done_event(job)))
                 self._free(job)
-            else:
-                self._active.append(job)
+                return
+            job._decoding = True  # from now on the decoder thread owns it
+            if not self._to_decoder(("start", job)):
+                out.append((job, {"type": "error", "message": "the server is shutting down"}))
+                self._free(job)
 
     def _done_event(self, job: Job) -> dict:
         d = job._decoder

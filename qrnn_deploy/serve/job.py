@@ -1,7 +1,8 @@
 """One translation as the event loop sees it (`Job`), and what the engine needs from a model.
 
 A Job is created by `Engine.open()` on the event loop; its model state lives in the engine's
-worker thread, and the worker hands its results back through the job's asyncio queue.
+worker threads (encoder, then decoder), which hand its results back through the job's asyncio
+queue.
 """
 
 from __future__ import annotations
@@ -62,9 +63,11 @@ class Job:
         self.t_first: Optional[float] = None
         self.n_tokens = 0
         self._sent = 0  # tokens the worker has produced for this job
-        # Worker-owned model state.
+        # Worker-owned model state: the encoder thread's until the source ends, then (once
+        # _decoding is set, on the encoder thread) the decoder thread's.
         self._source = None
         self._decoder = None
+        self._decoding = False
 
     async def feed(self, text: str) -> int:
         """Encodes one source piece (on the worker); returns the source length so far."""
