@@ -50,9 +50,14 @@ def split_states(states: dict, sizes: Sequence[int]) -> list:
     """The inverse of stack_states: {name: [sum b_i, ...]} -> [{name: [b_i, ...]}]."""
     if len(sizes) == 1:
         return [states]
-    cuts = np.cumsum(sizes)[:-1]
-    parts = {n: np.split(a, cuts, 0) for n, a in states.items()}
-    return [{n: parts[n][i] for n in states} for i in range(len(sizes))]
+    # Plain basic slicing (views): np.split costs ~10x more per part (array_split + swapaxes).
+    out, a = [], 0
+    items = list(states.items())
+    for k in sizes:
+        b = a + k
+        out.append({n: v[a:b] for n, v in items})
+        a = b
+    return out
 
 
 class Stream:
