@@ -128,12 +128,17 @@ class Engine:
             self._cv.notify()
 
     async def feed(self, job: Job, text: str) -> int:
+        return await self.feed_nowait(job, text)
+
+    def feed_nowait(self, job: Job, text: str) -> asyncio.Future:
+        """Posts a source piece now (so it is ordered before any later end or close of the job)
+        and returns a future for the source length after it (or the encoding error)."""
         if job.closed or job.ended:
             raise StreamError("this translation's source has ended; start a new one")
         fut = self._loop.create_future()
         job.source_chars += len(text)
         self._post(("feed", job, text, fut))
-        return await fut
+        return fut
 
     def end(self, job: Job, beam: int, max_len: int, length_penalty: float) -> None:
         if job.closed or job.ended:
@@ -284,57 +289,69 @@ class Engine:
             self.metrics.decoding.dec()
 
     def _apply_all(self, cmds: list, out: list) -> None:
-        """Applies commands in arrival order; consecutive source pieces of different translations
-        are encoded together (one encoder call per piece length) when the model can."""
-        batch: list = []
+        """Applies commands in arrival order. Source pieces waiting together are encoded together:
+        the pieces of one translation are joined into one (encoding "ab" then "cd" is encoding
+        "abcd"), and those of different translations go into one `feed_batch` call when the
+        model has it. Pieces are encoded before any later end or close of any translation."""
+        pending: dict = {}  # job -> [job, [texts], [futures]], in arrival order
         for cmd in cmds:
-            if cmd[0] == "feed" and not any(c[1] is cmd[1] for c in batch):
-                batch.append(cmd)
-                continue
-            self._feed(batch, out)
-            batch = []
             if cmd[0] == "feed":
-                batch.append(cmd)
-            else:
-                self._apply(cmd, out)
-        self._feed(batch, out)
-
-    def _feed(self, cmds: list, out: list) -> None:
-        live = []
-        for cmd in cmds:
-            job, fut = cmd[1], cmd[3]
-            if job.closed:
-                out.append((fut, StreamError("the translation was closed")))
+                item = pending.get(cmd[1])
+                if item is None:
+                    pending[cmd[1]] = [cmd[1], [cmd[2]], [cmd[3]]]
+                else:
+                    item[1].append(cmd[2])
+                    item[2].append(cmd[3])
                 continue
-            if job._source is None:
+            if pending:
+                self._feed(list(pending.values()), out)
+                pending = {}
+            self._apply(cmd, out)
+        if pending:
+            self._feed(list(pending.values()), out)
+
+    def _feed(self, items: list, out: list) -> None:
+        """items: [job, [texts], [futures]]; every future of a job gets its source length after
+        all of its texts (or the error)."""
+        live = []
+        for job, texts, futs in items:
+            err = None
+            if job.closed:
+                err = StreamError("the translation was closed")
+            elif job._source_error is not None:
+                err = job._source_error  # an earlier piece failed: the sentence is dropped
+            elif job._source is None:
                 try:
                     job._source = self.model.stream()
+                    self.metrics.sessions.inc()
                 except Exception as e:
-                    out.append((fut, _as_qrnn_error(e, "opening a translation failed")))
-                    continue
-                self.metrics.sessions.inc()
-            live.append(cmd)
-        feed_batch = getattr(self.model, "feed_batch", None)
-        if len(live) > 1 and feed_batch is not None:
-            t0 = time.perf_counter()
-            try:
-                lengths = feed_batch([(c[1]._source, c[2]) for c in live])
-            except Exception as e:
-                # Some of these streams may have advanced before the failure, so none can be
-                # trusted: every piece of the batch fails (each client drops that sentence).
-                err = _as_qrnn_error(e, "encoding failed")
-                for c in live:
-                    out.append((c[3], err))
-                return
+                    err = job._source_error = _as_qrnn_error(e, "opening a translation failed")
+            if err is not None:
+                out.extend((f, err) for f in futs)
             else:
-                dt = (time.perf_counter() - t0) / len(live)
-                for c, n in zip(live, lengths):
-                    c[1].encode_seconds += dt
-                    self.metrics.encode_seconds.observe(dt)
-                    out.append((c[3], int(n)))
-                return
-        for cmd in live:
-            self._apply(cmd, out)
+                live.append((job, "".join(texts), futs))
+        if not live:
+            return
+        feed_batch = getattr(self.model, "feed_batch", None)
+        t0 = time.perf_counter()
+        try:
+            if len(live) > 1 and feed_batch is not None:
+                lengths = feed_batch([(job._source, text) for job, text, _ in live])
+            else:
+                lengths = [job._source.feed(text) for job, text, _ in live]
+        except Exception as e:  # QRNNError from the runtime, or a bug: the clients get a message
+            # Some of these streams may have advanced before the failure, so none can be
+            # trusted: every translation of the call fails (each client drops that sentence).
+            err = _as_qrnn_error(e, "encoding failed")
+            for job, _, futs in live:
+                job._source_error = err
+                out.extend((f, err) for f in futs)
+            return
+        dt = (time.perf_counter() - t0) / len(live)
+        for (job, _, futs), n in zip(live, lengths):
+            job.encode_seconds += dt
+            self.metrics.encode_seconds.observe(dt)
+            out.extend((f, int(n)) for f in futs)
 
     def _apply(self, cmd: tuple, out: list) -> None:
         kind, job = cmd[0], cmd[1]
@@ -345,26 +362,12 @@ class Engine:
                 self._free(job)  # the decoder thread is gone (it has already failed the job)
             return
         if job.closed:
-            if kind == "feed":
-                out.append((cmd[3], StreamError("the translation was closed")))
             return
-        if kind == "feed":
-            fut = cmd[3]
-            try:
-                if job._source is None:
-                    job._source = self.model.stream()
-                    self.metrics.sessions.inc()
-                t0 = time.perf_counter()
-                n = job._source.feed(cmd[2])
-                dt = time.perf_counter() - t0
-                job.encode_seconds += dt
-                self.metrics.encode_seconds.observe(dt)
-                out.append((fut, int(n)))
-            except Exception as e:  # QRNNError from the runtime, or a bug: the client gets a message
-                out.append((fut, _as_qrnn_error(e, "encoding failed")))
-        elif kind == "end":
+        if kind == "end":
             _, _, beam, max_len, lp = cmd
             try:
+                if job._source_error is not None:
+                    raise StreamError(f"the source could not be encoded ({job._source_error})")
                 if job._source is None:
                     raise StreamError("the source is empty: send some text before ending it")
                 job._decoder = job._source.decoder(beam=beam, max_len=max_len, length_penalty=lp)

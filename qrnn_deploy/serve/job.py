@@ -68,10 +68,15 @@ class Job:
         self._source = None
         self._decoder = None
         self._decoding = False
+        self._source_error: Optional[QRNNError] = None  # set when a piece failed: the sentence is dropped
 
     async def feed(self, text: str) -> int:
         """Encodes one source piece (on the worker); returns the source length so far."""
         return await self.engine.feed(self, text)
+
+    def feed_nowait(self, text: str) -> "asyncio.Future":
+        """Posts one source piece without waiting; the future gives the source length so far."""
+        return self.engine.feed_nowait(self, text)
 
     def end(self, beam: int = 1, max_len: int = 200, length_penalty: float = 1.0) -> None:
         self.engine.end(self, beam, max_len, length_penalty)

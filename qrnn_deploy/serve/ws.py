@@ -98,6 +98,7 @@ class StreamConnection:
         self.ws, self.st, self.cfg = ws, st, st.cfg
         self.job: Optional[Job] = None  # the sentence whose source is arriving
         self.pumps: list = []  # tasks forwarding ended sentences, oldest first
+        self.feeds: list = []  # futures of source pieces posted and not yet encoded
         self._send_lock = asyncio.Lock()
 
     def busy(self) -> bool:
@@ -159,6 +160,7 @@ class StreamConnection:
             await self.drop_all()
             await self.send({"type": "reset"})
         elif kind == "ping":
+            await self.settle()
             await self.send({"type": "pong"})
 
     async def source(self, text: str) -> None:
@@ -179,14 +181,44 @@ class StreamConnection:
             raise err
         if not text:
             return
+        # Not awaited: the next message is read at once, so the pieces of a fast client (or of
+        # many clients) wait together in the engine and are encoded in one call. A failure
+        # comes back through _fed.
         try:
-            await self.job.feed(text)
+            fut = self.job.feed_nowait(text)
         except QRNNError as e:
-            if self.job is not None:
-                self.job.close()
-                self.job = None
+            self.job.close()
+            self.job = None
             raise ProtocolError("source_failed", f"the source could not be encoded ({e}); the sentence was "
                                                  "dropped") from None
+        job = self.job
+        self.feeds = [f for f in self.feeds if not f.done()]
+        self.feeds.append(fut)
+        fut.add_done_callback(lambda f: self._fed(job, f))
+
+    def _fed(self, job: Job, fut: asyncio.Future) -> None:
+        """A piece was encoded, or failed. On the first failure of a sentence whose source is
+        still arriving, the sentence is dropped and the client told (an ended sentence's failure
+        reaches the client through its pump as translate_failed)."""
+        if fut.cancelled() or fut.exception() is None or self.job is not job:
+            return
+        job.close()
+        self.job = None
+        e = ProtocolError("source_failed", f"the source could not be encoded ({fut.exception()}); the sentence "
+                                           "was dropped")
+        asyncio.ensure_future(self._report(e))
+
+    async def _report(self, e: ProtocolError) -> None:
+        try:
+            await self.error(e)
+        except Exception:  # the client is gone; the reader notices and cleans up
+            pass
+
+    async def settle(self) -> None:
+        """Waits until every source piece posted so far is encoded (or failed)."""
+        feeds, self.feeds = self.feeds, []
+        if feeds:
+            await asyncio.wait(feeds)
 
     async def pump(self, job: Job, prev: Optional[asyncio.Task], beam: int) -> None:
         """Forwards one ended sentence's tokens and its done (or error) message."""
