@@ -536,6 +536,107 @@ def test_engine_encodes_pieces_of_many_translations_together(translator):
     assert texts == [translator.translate(s, max_len=MAX_LEN) for s in ["dead beef"] + sources]
 
 
+def test_engine_joins_waiting_pieces_of_one_translation(translator):
+    """Pieces of one translation that wait together are encoded as one text (and pieces of
+    several translations in one feed_batch call); every piece's future gets the source length
+    after all of them, and the translations equal the runtime's on the joined sources."""
+    import threading
+
+    from qrnn_deploy.serve import Engine
+
+    gate, entered, calls = threading.Event(), threading.Event(), []
+
+    class Gated(SlowTranslator):
+        def stream(self):
+            if not gate.is_set():
+                entered.set()
+                gate.wait(10)  # hold the encoder thread so the next pieces queue up
+            return self.tr.stream()
+
+        def feed_batch(self, items):
+            calls.append([text for _, text in items])
+            return self.tr.feed_batch(items)
+
+    async def main():
+        e = Engine(Gated(translator, 0.0))
+        e.start()
+        try:
+            first = e.open()
+            f0 = first.feed_nowait("gag")
+            for _ in range(1000):  # until the encoder thread is held inside the first piece
+                if entered.is_set():
+                    break
+                await asyncio.sleep(0.01)
+            a, b = e.open(), e.open()
+            futs = [a.feed_nowait("ab"), b.feed_nowait("fe"), a.feed_nowait("cd"), a.feed_nowait("e"),
+                    b.feed_nowait("ed")]
+            gate.set()
+            assert await asyncio.gather(f0, *futs) == [3, 5, 4, 5, 5, 4]
+            texts = []
+            for j in (first, a, b):
+                j.end(1, MAX_LEN, 1.0)
+                async for ev in j.results():
+                    if ev["type"] == "done":
+                        texts.append(ev["text"])
+                j.close()
+            return texts
+        finally:
+            e.stop()
+
+    texts = run(main())
+    assert calls == [["abcde", "feed"]]
+    assert texts == [translator.translate(s, max_len=MAX_LEN) for s in ["gag", "abcde", "feed"]]
+
+
+class FailingSource(SlowTranslator):
+    """Source pieces containing '!' fail to encode (a runtime error while encoding)."""
+
+    def stream(self):
+        ts = self.tr.stream()
+
+        class Failing:
+            def feed(self, text):
+                if "!" in text:
+                    from qrnn_deploy.errors import StreamError
+
+                    raise StreamError("graph 'encoder' failed: simulated")
+                return ts.feed(text)
+
+            def __getattr__(self, name):
+                return getattr(ts, name)
+
+        return Failing()
+
+
+def test_encoding_failure_drops_the_sentence_and_keeps_the_connection(translator, expected):
+    with ServerThread(create_app(FailingSource(translator, 0.0), ServeConfig(max_len=MAX_LEN))) as srv:
+        async def main():
+            async with connect(srv.ws_url()) as ws:
+                # a failing piece while the source arrives: source_failed, the sentence dropped
+                await ws.send(json.dumps({"type": "source", "text": "ga"}))
+                await ws.send(json.dumps({"type": "source", "text": "g!"}))
+                await ws.send(json.dumps({"type": "ping"}))
+                got = [await recv(ws), await recv(ws)]
+                err = [m for m in got if m["type"] == "error"]
+                assert sorted(m["type"] for m in got) == ["error", "pong"]
+                assert err[0]["code"] == "source_failed" and "simulated" in err[0]["message"]
+                # a failing piece right before "end": the ended sentence fails as a whole
+                await ws.send(json.dumps({"type": "source", "text": "!"}))
+                await ws.send(json.dumps({"type": "end"}))
+                while True:
+                    m = await recv(ws)
+                    if m["type"] == "error":
+                        assert m["code"] in ("source_failed", "translate_failed", "empty_source"), m
+                        if m["code"] != "source_failed":
+                            break
+                # the same connection translates again
+                _, done = await translate_ws(ws, ["ga", "g"])
+                assert done["text"] == expected[("gag", 1)]
+
+        run(main())
+        assert wait_for(lambda: srv.state.metrics.sessions.value() == 0)
+
+
 def _long_source(translator, candidates):
     return max(candidates, key=lambda s: len(translator.translate(s, max_len=MAX_LEN)))
 
