@@ -250,6 +250,53 @@ def test_decode_batch_equals_alone(translator):
         batch.step([decoders[0], decoders[0]])
 
 
+def test_decode_batch_updates_its_context_in_place(translator):
+    """The padded context is compacted and appended to between steps, not rebuilt: decoders
+    passed in a different order every step, some dropped before they finish (a closed
+    translation), short ones joining a batch with a longer memory. Each still gets exactly its
+    tokens alone, and the buffers are rebuilt only when a longer memory joins."""
+    import random
+
+    rng = random.Random(0)
+    srcs = sorted(SOURCES, key=len)
+    longest, shorts = srcs[-1], srcs[:-1]
+    batch = translator.decode_batch()
+    live, outs, dropped, rebuilds, bufs = [], {}, 0, 0, None
+
+    def start(src, beam):
+        ts = translator.stream()
+        ts.feed(src)
+        d = ts.decoder(beam=beam, max_len=MAX_LEN)
+        live.append(d)
+        outs[id(d)] = (src, beam, [])
+
+    start(longest, 1)
+    start(shorts[0], 3)
+    for step in range(40):
+        if step % 3 == 0:
+            start(shorts[step % len(shorts)], 1 if step % 2 else 3)
+        if step == 20:
+            start(longest, 3)  # same length as the longest so far: no rebuild needed
+        if step % 7 == 6 and len(live) > 2:
+            live.remove(live[1])  # closed mid-translation: leaves the batch unfinished
+            dropped += 1
+        order = live[:]
+        rng.shuffle(order)
+        for d, new in zip(order, batch.step(order)):
+            outs[id(d)][2].extend(new)
+        if batch._bufs is not None and batch._bufs is not bufs:
+            rebuilds += 1
+            bufs = batch._bufs
+        live = [d for d in live if not d.done]
+    finished = 0
+    for src, beam, got in outs.values():
+        ref = translator.translate_ids(src, beam=beam, max_len=MAX_LEN)
+        assert got == ref[:len(got)]  # dropped / unfinished ones: a prefix of their translation
+        finished += got == ref
+    assert finished >= len(outs) - dropped - len(live)
+    assert dropped >= 3 and rebuilds <= 3, (dropped, rebuilds)
+
+
 def test_decode_batch_padding_keeps_logits(translator):
     """One step for two greedy decoders with memories of 1 and 11 positions: logits equal the
     unpadded single-decoder call (<= 1e-5)."""

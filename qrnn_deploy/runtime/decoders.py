@@ -155,11 +155,18 @@ class BeamDecoder(_Decoder):
 class DecodeBatch:
     """Steps many decoders (of one decoder graph) with one graph call per step.
 
-    Rows of all live decoders are stacked: tokens [N, 1], states [N, ...], memories padded to the
-    longest [N, S_max, H] with memory_mask [N, S_max] (1 = source position, 0 = padding) and
-    cond_{l} [N, P*H]. The padded context is cached while the set of decoders and their row
-    counts stay the same (greedy decoders: until one joins or finishes).
+    Rows of all live decoders are stacked: tokens [N, 1], states [N, ...], memories padded to a
+    common length S >= the longest [N, S, H] with memory_mask [N, S] (1 = source position,
+    0 = padding) and cond_{l} [N, P*H]. The padded context lives in buffers kept between steps
+    and is updated in place: the rows of a decoder that leaves are filled from the last rows
+    (one-row decoders) or compacted, one that joins is written after the others, and the
+    buffers are rebuilt only when a longer memory joins, when S exceeds the longest memory by
+    more than `slack` positions, or when the rows outgrow them. (Rebuilding the padded context
+    at every change of the set of decoders took a quarter of a server's decoding thread at 32
+    streams.) Rows are in our own order, not the caller's: results come back in the caller's.
     """
+
+    slack = 16  # most padding positions beyond the longest memory before the buffers shrink
 
     def __init__(self, graph: Graph, cond_names: Sequence[str]):
         self.graph = graph
@@ -170,36 +177,94 @@ class DecodeBatch:
             from qrnn_deploy.runtime.loader import np_dtype
 
             self.mask_dtype = np_dtype(spec.dtype, "decoder memory_mask")
-        self._ctx_key: list = []
-        self._ctx: dict = {}
+        self._order: list = []  # decoders in row order
+        self._krows: list = []  # their row counts when placed
+        self._bufs: Optional[dict] = None  # name -> [capacity, ...] buffer (memory, mask, cond_l)
+        self._S = 0  # padded memory length of the buffers
 
-    def _context(self, decoders: Sequence[_Decoder]) -> dict:
-        key = [(d, d.num_rows) for d in decoders]
-        if len(key) == len(self._ctx_key) and all(a is b and m == n for (a, m), (b, n) in zip(key, self._ctx_key)):
-            return self._ctx
-        if len(decoders) == 1 and decoders[0].num_rows == 1:
-            d = decoders[0]
-            ctx = {MEMORY: d.memory[None], MEMORY_MASK: d.memory_mask.astype(self.mask_dtype, copy=False)}
-            ctx.update({n: d.cond[n][None] for n in self.cond_names})
-        else:
-            rows = [d.num_rows for d in decoders]
-            N, S = sum(rows), max(d.memory.shape[0] for d in decoders)
-            m0 = decoders[0].memory
-            memory = np.zeros((N, S, m0.shape[1]), dtype=m0.dtype)
-            mask = np.zeros((N, S), dtype=self.mask_dtype)
-            cond = {n: np.empty((N,) + decoders[0].cond[n].shape, dtype=decoders[0].cond[n].dtype)
-                    for n in self.cond_names}
-            a = 0
-            for d, k in zip(decoders, rows):
-                s = d.memory.shape[0]
-                memory[a:a + k, :s] = d.memory
-                mask[a:a + k, :s] = 1
-                for n in self.cond_names:
-                    cond[n][a:a + k] = d.cond[n]
-                a += k
-            ctx = {MEMORY: memory, MEMORY_MASK: mask, **cond}
-        self._ctx_key, self._ctx = key, ctx
+    def _lone(self, d: _Decoder) -> dict:
+        self._order, self._krows = [], []
+        ctx = {MEMORY: d.memory[None], MEMORY_MASK: d.memory_mask.astype(self.mask_dtype, copy=False)}
+        ctx.update({n: d.cond[n][None] for n in self.cond_names})
         return ctx
+
+    def _write(self, d: _Decoder, a: int, k: int) -> None:
+        """Writes decoder d's context into rows [a, a + k) of the buffers."""
+        bufs, s = self._bufs, d.memory.shape[0]
+        bufs[MEMORY][a:a + k, :s] = d.memory
+        bufs[MEMORY][a:a + k, s:] = 0
+        bufs[MEMORY_MASK][a:a + k, :s] = 1
+        bufs[MEMORY_MASK][a:a + k, s:] = 0
+        for n in self.cond_names:
+            bufs[n][a:a + k] = d.cond[n]
+
+    def _rebuild(self, live: list, S: int, N: int) -> None:
+        m0 = live[0].memory
+        cap = N + max(8, N // 2)  # room for decoders that join
+        self._bufs = {MEMORY: np.zeros((cap, S, m0.shape[1]), dtype=m0.dtype),
+                      MEMORY_MASK: np.zeros((cap, S), dtype=self.mask_dtype)}
+        for n in self.cond_names:
+            c0 = live[0].cond[n]
+            self._bufs[n] = np.empty((cap,) + c0.shape, dtype=c0.dtype)
+        self._S = S
+        a = 0
+        for d in live:
+            k = d.num_rows
+            self._write(d, a, k)
+            a += k
+        self._order, self._krows = list(live), [d.num_rows for d in live]
+
+    def _arrange(self, live: list) -> tuple:
+        """Brings the buffers up to date for `live`; returns (decoders in row order, context)."""
+        if len(live) == 1 and live[0].num_rows == 1:
+            return live, self._lone(live[0])
+        ids = {id(d) for d in live}
+        kept, kept_rows, starts, a = [], [], [], 0
+        for d, k in zip(self._order, self._krows):
+            if id(d) in ids and d.num_rows == k:
+                kept.append(d)
+                kept_rows.append(k)
+                starts.append(a)
+            a += k
+        kept_ids = {id(d) for d in kept}
+        new = [d for d in live if id(d) not in kept_ids]
+        N = sum(d.num_rows for d in live)
+        S = max(d.memory.shape[0] for d in live)
+        bufs = self._bufs
+        m0 = live[0].memory
+        if (bufs is None or S > self._S or self._S - S > self.slack or N > len(bufs[MEMORY])
+                or bufs[MEMORY].shape[2] != m0.shape[1] or any(d.memory.dtype != bufs[MEMORY].dtype for d in new)):
+            self._rebuild(live, S, N)
+        else:
+            n_kept = sum(kept_rows)
+            if len(kept) != len(self._order) and n_kept:  # some left (or changed rows): compact
+                if all(k == 1 for k in kept_rows):
+                    # One row each (greedy): the kept rows beyond n_kept move into the holes.
+                    at = dict(zip(starts, kept))
+                    holes = [p for p in range(n_kept) if p not in at]
+                    tail = [p for p in starts if p >= n_kept]
+                    if holes:
+                        dst, src = np.array(holes), np.array(tail)
+                        for buf in bufs.values():
+                            buf[dst] = buf[src]
+                        for h, t in zip(holes, tail):
+                            at[h] = at.pop(t)
+                    kept = [at[p] for p in range(n_kept)]
+                else:  # rows move down from the first hole on
+                    idx = np.concatenate([np.arange(st, st + k) for st, k in zip(starts, kept_rows)])
+                    moved = np.nonzero(idx != np.arange(n_kept))[0]
+                    if len(moved):
+                        j = int(moved[0])
+                        for buf in bufs.values():
+                            buf[j:n_kept] = buf[idx[j:]]
+            a = n_kept
+            for d in new:
+                k = d.num_rows
+                self._write(d, a, k)
+                a += k
+            self._order, self._krows = kept + new, kept_rows + [d.num_rows for d in new]
+        ctx = {name: buf[:N] for name, buf in self._bufs.items()}
+        return self._order, ctx
 
     def step(self, decoders: Sequence[_Decoder]) -> list:
         """One decoding step for every decoder not yet done -> per decoder, its new final tokens."""
@@ -208,14 +273,15 @@ class DecodeBatch:
         if len(out) != len(decoders):
             raise StreamError("DecodeBatch.step: a decoder appears twice; each steps once per call")
         if live:
-            rows = [d.num_rows for d in live]
-            tgt = np.concatenate([d.next_tokens() for d in live])[:, None]
+            order, ctx = self._arrange(live)
+            rows = [d.num_rows for d in order]
+            tgt = np.concatenate([d.next_tokens() for d in order])[:, None]
             inputs = {self.graph.token_input: tgt.astype(self.graph.token_dtype, copy=False)}
-            inputs.update(self._context(live))
-            outputs, states = self.graph.run(inputs, stack_states([d.states for d in live]))
+            inputs.update(ctx)
+            outputs, states = self.graph.run(inputs, stack_states([d.states for d in order]))
             logits = outputs[LOGITS][:, -1]
             a = 0
-            for d, k, st in zip(live, rows, split_states(states, rows)):
+            for d, k, st in zip(order, rows, split_states(states, rows)):
                 out[id(d)] = d.advance(logits[a:a + k], st)
                 a += k
         return [out[id(d)] for d in decoders]
