@@ -64,8 +64,12 @@ class Graph:
 
     def zero_states(self, batch: int = 1) -> dict:
         """name -> zeros of the manifest shape with B = batch (e.g. conv_state_0 [B, k-1, d])."""
-        return {s.name: np.zeros(self.state_shape(s.name, batch), dtype=_NP_DTYPES[s.dtype])
-                for s in self.states}
+        specs = self.__dict__.get("_zero_specs")
+        if specs is None:  # every new stream asks: resolve names, shapes and dtypes once
+            specs = self.__dict__["_zero_specs"] = [
+                (s.name, [None if d == "B" else int(d) for d in s.shape], _NP_DTYPES[s.dtype]) for s in self.states]
+        return {name: np.zeros(tuple(batch if d is None else d for d in shape), dtype=dt)
+                for name, shape, dt in specs}
 
     def run(self, inputs: dict, states: dict) -> tuple[dict, dict]:
         """inputs: the non-state inputs; states: name -> [B, ...]. Returns (outputs, next states)."""
