@@ -19,7 +19,11 @@ per N:
 
 Baseline in the same run: the raw runtime, `DecodeBatch.step` of one greedy translation (and of
 N together), in this process on the same bundle and thread count; for 1 stream, blocks of the
-same sentences alternate between the raw runtime and the server. The per-token server overhead
+same sentences alternate between the raw runtime and the server. A second baseline per N, the
+raw pipeline: the whole workload (pieces encoded with `feed_batch`, then DecodeBatch steps) of N
+streams in one thread of this process, no server, no network: the ceiling of the work itself on
+one core, encoding included (which batching cannot shrink much). The load generator's own CPU is
+reported too: it shares the machine with the server. The per-token server overhead
 at 1 stream is the server's TPOT over the raw runtime's time per token (medians over the same
 sentences; target <= 1.2), and the server process's CPU per token over the raw thread's.
 
@@ -124,6 +128,38 @@ def raw_batched_tps(translator, n: int, tokens: int, min_seconds: float = 1.0) -
         elapsed += time.perf_counter() - t0
         r += 1
     return total / elapsed
+
+
+def raw_pipeline_tps(translator, n: int, tokens: int, seed: int, seconds: float = 1.5) -> float:
+    """Tokens per second of the whole workload of n streams in this one thread, no server: each
+    stream's sentence arrives in 4 pieces, one piece per stream per iteration encoded together
+    (`feed_batch`), then one DecodeBatch step for every stream whose source has ended; a stream
+    that finishes starts its next sentence. The ceiling of the work itself (encoding included)
+    on one core, beside which the server's figures read."""
+    rng = random.Random(seed)
+    slots = []
+
+    def fresh():
+        return {"pieces": split_pieces(SENTENCES[rng.randrange(len(SENTENCES))], rng), "ts": translator.stream(),
+                "dec": None}
+
+    slots = [fresh() for _ in range(n)]
+    batch = translator.decode_batch()
+    total, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        feeding = [s for s in slots if s["pieces"]]
+        if feeding:
+            translator.feed_batch([(s["ts"], s["pieces"].pop(0)) for s in feeding])
+            for s in feeding:
+                if not s["pieces"]:
+                    s["dec"] = s["ts"].decoder(beam=1, max_len=tokens)
+        decoding = [s for s in slots if s["dec"] is not None]
+        if decoding:
+            total += sum(len(x) for x in batch.step([s["dec"] for s in decoding]))
+            for i, s in enumerate(slots):
+                if s["dec"] is not None and s["dec"].done:
+                    slots[i] = fresh()
+    return total / (time.perf_counter() - t0)
 
 
 def rss_mb(pid: int) -> float:
@@ -320,13 +356,14 @@ def main() -> None:
         one = asyncio.run(one_stream_interleaved(url, tr, args.rounds, args.tokens, proc.pid, args.seed))
         rows = []
         for n in counts:
-            m0, c0 = server_counters(port), cpu_seconds(proc.pid)
+            m0, c0, p0 = server_counters(port), cpu_seconds(proc.pid), time.process_time()
             st, elapsed = asyncio.run(load(url, n, args.seconds, args.seed + n))
-            m1, c1 = server_counters(port), cpu_seconds(proc.pid)
+            m1, c1, p1 = server_counters(port), cpu_seconds(proc.pid), time.process_time()
             calls = max(m1["calls"] - m0["calls"], 1)
             server = {"batch": (m1["stepped"] - m0["stepped"]) / calls, "cores": (c1 - c0) / elapsed,
                       "in_step": (m1["step_s"] - m0["step_s"]) / elapsed,
-                      "in_encode": (m1["encode_s"] - m0["encode_s"]) / elapsed}
+                      "in_encode": (m1["encode_s"] - m0["encode_s"]) / elapsed, "client": (p1 - p0) / elapsed,
+                      "pipeline": raw_pipeline_tps(tr, n, args.tokens, args.seed + n)}
             rows.append((n, st, elapsed, rss_mb(proc.pid), raw_batched_tps(tr, n, args.tokens), server))
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     finally:
@@ -355,18 +392,20 @@ def main() -> None:
           f"{ms(srv.first, 50) / 1e3 / raw_first:.2f}x | |")
     print()
     print(f"{args.seconds:g} s of load per row; server RSS before the runs {mem0:.0f} MB:")
-    print("| streams | tokens/s | x 1 stream | raw DecodeBatch tokens/s at N | token gap p50 ms | p99 ms | TPOT p50 ms "
-          "| first token p50 ms | p99 ms | sentences | errors | RSS after MB | translations per decoder call "
-          "| server CPU (cores) | time in decoder / encoder calls |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    base = None
+    print("| streams | tokens/s | x 1 stream | raw DecodeBatch tokens/s at N (x alone) | raw pipeline tokens/s at N "
+          "(x 1) | token gap p50 ms | p99 ms | TPOT p50 ms | first token p50 ms | p99 ms | sentences | errors "
+          "| RSS after MB | translations per decoder call | server / client CPU (cores) "
+          "| time in decoder / encoder calls |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    base = raw_base = pipe_base = None
     for n, st, elapsed, mem, raw_tps, server in rows:
         tps = st.tokens / elapsed
-        base = base or tps
-        print(f"| {n} | {tps:,.0f} | {tps / base:.2f}x | {raw_tps:,.0f} | {ms(st.gaps, 50):.3f} | {ms(st.gaps, 99):.2f} | "
-              f"{ms(st.tpot, 50):.3f} | {ms(st.first, 50):.2f} | {ms(st.first, 99):.2f} | {st.sentences} | "
-              f"{len(st.errors)} | {mem:.0f} | {server['batch']:.1f} | {server['cores']:.2f} | "
-              f"{100 * server['in_step']:.0f}% / {100 * server['in_encode']:.0f}% |")
+        base, raw_base, pipe_base = base or tps, raw_base or raw_tps, pipe_base or server["pipeline"]
+        print(f"| {n} | {tps:,.0f} | {tps / base:.2f}x | {raw_tps:,.0f} ({raw_tps / raw_base:.2f}x) | "
+              f"{server['pipeline']:,.0f} ({server['pipeline'] / pipe_base:.2f}x) | {ms(st.gaps, 50):.3f} | "
+              f"{ms(st.gaps, 99):.2f} | {ms(st.tpot, 50):.3f} | {ms(st.first, 50):.2f} | {ms(st.first, 99):.2f} | "
+              f"{st.sentences} | {len(st.errors)} | {mem:.0f} | {server['batch']:.1f} | {server['cores']:.2f} / "
+              f"{server['client']:.2f} | {100 * server['in_step']:.0f}% / {100 * server['in_encode']:.0f}% |")
     print()
     by_n = {n: (st.tokens / el, raw_tps) for n, st, el, _, raw_tps, _ in rows}
     errs = [e for _, st, *_ in rows for e in st.errors] + srv.errors
