@@ -22,7 +22,9 @@ N together), in this process on the same bundle and thread count; for 1 stream, 
 same sentences alternate between the raw runtime and the server. A second baseline per N, the
 raw pipeline: the whole workload (pieces encoded with `feed_batch`, then DecodeBatch steps) of N
 streams in one thread of this process, no server, no network: the ceiling of the work itself on
-one core, encoding included (which batching cannot shrink much). The load generator's own CPU is
+one core, encoding included (which batching cannot shrink much); and the same with each
+iteration's encoding in a second thread beside the decoding (the server engine's split without
+the server: its ceiling on this machine). The load generator's own CPU is
 reported too: it shares the machine with the server. The per-token server overhead
 at 1 stream is the server's TPOT over the raw runtime's time per token (medians over the same
 sentences; target <= 1.2), and the server process's CPU per token over the raw thread's.
@@ -130,14 +132,18 @@ def raw_batched_tps(translator, n: int, tokens: int, min_seconds: float = 1.0) -
     return total / elapsed
 
 
-def raw_pipeline_tps(translator, n: int, tokens: int, seed: int, seconds: float = 1.5) -> float:
-    """Tokens per second of the whole workload of n streams in this one thread, no server: each
-    stream's sentence arrives in 4 pieces, one piece per stream per iteration encoded together
-    (`feed_batch`), then one DecodeBatch step for every stream whose source has ended; a stream
-    that finishes starts its next sentence. The ceiling of the work itself (encoding included)
-    on one core, beside which the server's figures read."""
+def raw_pipeline_tps(translator, n: int, tokens: int, seed: int, seconds: float = 1.5,
+                     overlap: bool = False) -> float:
+    """Tokens per second of the whole workload of n streams, no server: each stream's sentence
+    arrives in 4 pieces, one piece per stream per iteration encoded together (`feed_batch`),
+    then one DecodeBatch step for every stream whose source has ended; a stream that finishes
+    starts its next sentence. In this one thread, the ceiling of the work itself (encoding
+    included) on one core; with overlap, each iteration's encoding runs in a second thread while
+    this one decodes (the server engine's split, without the server around it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     rng = random.Random(seed)
-    slots = []
+    pool = ThreadPoolExecutor(1) if overlap else None
 
     def fresh():
         return {"pieces": split_pieces(SENTENCES[rng.randrange(len(SENTENCES))], rng), "ts": translator.stream(),
@@ -146,20 +152,33 @@ def raw_pipeline_tps(translator, n: int, tokens: int, seed: int, seconds: float 
     slots = [fresh() for _ in range(n)]
     batch = translator.decode_batch()
     total, t0 = 0, time.perf_counter()
+    def encode(feeding):
+        translator.feed_batch([(s["ts"], s["pieces"].pop(0)) for s in feeding])
+        for s in feeding:
+            if not s["pieces"]:
+                s["dec"] = s["ts"].decoder(beam=1, max_len=tokens)
+
     while time.perf_counter() - t0 < seconds:
         feeding = [s for s in slots if s["pieces"]]
+        decoding = [s for s in slots if s["dec"] is not None]  # before this iteration's encoding
+        job = None
         if feeding:
-            translator.feed_batch([(s["ts"], s["pieces"].pop(0)) for s in feeding])
-            for s in feeding:
-                if not s["pieces"]:
-                    s["dec"] = s["ts"].decoder(beam=1, max_len=tokens)
-        decoding = [s for s in slots if s["dec"] is not None]
+            if pool is None:
+                encode(feeding)
+                decoding = [s for s in slots if s["dec"] is not None]
+            else:
+                job = pool.submit(encode, feeding)
         if decoding:
             total += sum(len(x) for x in batch.step([s["dec"] for s in decoding]))
-            for i, s in enumerate(slots):
-                if s["dec"] is not None and s["dec"].done:
-                    slots[i] = fresh()
-    return total / (time.perf_counter() - t0)
+        if job is not None:
+            job.result()
+        for i, s in enumerate(slots):
+            if s["dec"] is not None and s["dec"].done:
+                slots[i] = fresh()
+    elapsed = time.perf_counter() - t0
+    if pool is not None:
+        pool.shutdown()
+    return total / elapsed
 
 
 def rss_mb(pid: int) -> float:
@@ -363,7 +382,8 @@ def main() -> None:
             server = {"batch": (m1["stepped"] - m0["stepped"]) / calls, "cores": (c1 - c0) / elapsed,
                       "in_step": (m1["step_s"] - m0["step_s"]) / elapsed,
                       "in_encode": (m1["encode_s"] - m0["encode_s"]) / elapsed, "client": (p1 - p0) / elapsed,
-                      "pipeline": raw_pipeline_tps(tr, n, args.tokens, args.seed + n)}
+                      "pipeline": raw_pipeline_tps(tr, n, args.tokens, args.seed + n),
+                      "overlap": raw_pipeline_tps(tr, n, args.tokens, args.seed + n, overlap=True)}
             rows.append((n, st, elapsed, rss_mb(proc.pid), raw_batched_tps(tr, n, args.tokens), server))
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     finally:
@@ -393,16 +413,18 @@ def main() -> None:
     print()
     print(f"{args.seconds:g} s of load per row; server RSS before the runs {mem0:.0f} MB:")
     print("| streams | tokens/s | x 1 stream | raw DecodeBatch tokens/s at N (x alone) | raw pipeline tokens/s at N "
-          "(x 1) | token gap p50 ms | p99 ms | TPOT p50 ms | first token p50 ms | p99 ms | sentences | errors "
+          "(x 1) | raw pipeline, encoder beside decoder (x 1) | token gap p50 ms | p99 ms | TPOT p50 ms | first token p50 ms | p99 ms | sentences | errors "
           "| RSS after MB | translations per decoder call | server / client CPU (cores) "
           "| time in decoder / encoder calls |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    base = raw_base = pipe_base = None
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    base = raw_base = pipe_base = over_base = None
     for n, st, elapsed, mem, raw_tps, server in rows:
         tps = st.tokens / elapsed
         base, raw_base, pipe_base = base or tps, raw_base or raw_tps, pipe_base or server["pipeline"]
+        over_base = over_base or server["overlap"]
         print(f"| {n} | {tps:,.0f} | {tps / base:.2f}x | {raw_tps:,.0f} ({raw_tps / raw_base:.2f}x) | "
-              f"{server['pipeline']:,.0f} ({server['pipeline'] / pipe_base:.2f}x) | {ms(st.gaps, 50):.3f} | "
+              f"{server['pipeline']:,.0f} ({server['pipeline'] / pipe_base:.2f}x) | "
+              f"{server['overlap']:,.0f} ({server['overlap'] / over_base:.2f}x) | {ms(st.gaps, 50):.3f} | "
               f"{ms(st.gaps, 99):.2f} | {ms(st.tpot, 50):.3f} | {ms(st.first, 50):.2f} | {ms(st.first, 99):.2f} | "
               f"{st.sentences} | {len(st.errors)} | {mem:.0f} | {server['batch']:.1f} | {server['cores']:.2f} / "
               f"{server['client']:.2f} | {100 * server['in_step']:.0f}% / {100 * server['in_encode']:.0f}% |")
