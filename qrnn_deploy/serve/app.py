@@ -202,7 +202,7 @@ async def translate(request: Request) -> Response:
 def create_app(model: TranslationModel, cfg: Optional[ServeConfig] = None, info: Optional[dict] = None,
                metrics: Optional[ServerMetrics] = None) -> Starlette:
     """The server for `model` (a `qrnn_deploy.runtime.Translator`, or anything with its
-    stream() / decode_batch() / token_text()). The engine thread starts with the app's lifespan."""
+    stream() / decode_batch() / token_text()). The engine threads start with the app's lifespan."""
     cfg = (cfg or ServeConfig()).validate()
     metrics = metrics or ServerMetrics()
     engine = Engine(model, metrics, batch_wait_ms=cfg.batch_wait_ms, max_batch_rows=cfg.max_batch_rows,

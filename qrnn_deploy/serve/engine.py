@@ -45,7 +45,7 @@ log = logging.getLogger("qrnn_deploy.serve")
 
 
 class Engine:
-    """Runs translations of `model` on one worker thread with batched decoder steps.
+    """Runs translations of `model` on two worker threads (encoder, decoder) with batched decoder steps.
 
     Use from one asyncio event loop: `start()` (inside the loop), `open()` -> Job, `stop()`.
     """

@@ -1,6 +1,6 @@
 """Prometheus metrics written by hand (text exposition format 0.0.4), safe across threads.
 
-The engine's worker thread records step latencies and batch sizes while the event loop counts
+The engine's worker threads record step latencies and batch sizes while the event loop counts
 streams and errors, so every metric takes a small lock. Only what `/metrics` needs is here:
 counters and gauges (optionally with one set of labels) and cumulative histograms.
 """

@@ -80,7 +80,7 @@ def run_server(bundle, cfg: Optional[ServeConfig] = None, host: str = "127.0.0.1
     from qrnn_deploy.runtime import load_bundle
     from qrnn_deploy.serve.app import create_app
 
-    # The engine thread and the event loop share the GIL. After a thread releases it for a system
+    # The engine threads and the event loop share the GIL. After a thread releases it for a system
     # call (the loop writes a socket per token), it usually takes it straight back; the other
     # thread then waits for the forced switch, 5 ms by default: far longer than a decoder step.
     # A dedicated server process can afford a shorter interval.
