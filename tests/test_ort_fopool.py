@@ -202,14 +202,25 @@ def test_bad_attributes_fail_at_session_creation():
     expect_error(lambda: _native.ort_session(fopool_model("fo", reverse=-1)), "reverse")
 
 
-def test_static_shape_errors_fail_no_later_than_the_first_run():
-    # The shape-inference function reports the bad static shape, but onnxruntime (1.32) drops
-    # statuses from custom-op shape inference; the kernel's own check then fails the run.
-    def load_and_run():
-        sess = _native.ort_session(fopool_model("ifo", gates_shape=[2, 3, 10], c0="absent"))
-        sess.run(None, {"gates": np.zeros((2, 3, 10), np.float32)})
+def test_static_shape_errors_fail_when_the_session_is_created():
+    # onnxruntime (1.32) drops statuses from custom-op shape inference, so the kernel checks the
+    # shapes the graph fixes when the session creates it: the graph fails to load, naming the
+    # input and the shapes (symbolic dimensions by name, unknown ones as '?').
+    def load(**kw):
+        return lambda: _native.ort_session(fopool_model(**kw))
 
-    expect_error(load_and_run, "'gates'", "[2, 3, 10]", "P = 4")
+    expect_error(load(pooling="ifo", gates_shape=[2, 3, 10], c0="absent"), "'gates'", "[2, 3, 10]", "P = 4")
+    expect_error(load(pooling="fo", gates_shape=["T", 9]), "'gates'", "rank 3", "[T, 9]")
+    expect_error(load(pooling="fo", gates_shape=["T", 5, 12], c0_shape=[3, 4]), "'c0'", "[5, 4]", "[T, 5, 12]", "[3, 4]")
+    expect_error(load(pooling="fo", gates_shape=["T", "B", 12], c0_shape=["B", 5]), "'c0'", "[B, 4]", "[B, 5]")
+    expect_error(load(pooling="f", batch_first=1, gates_shape=[3, "T", 12], c0_shape=[2, 6]), "'c0'", "[3, 6]")
+    expect_error(load(pooling="fo", gates_shape=["T", "B", "PH"], c0_shape=[2, 4, 1]), "'c0'", "[2, 4, 1]")
+    # what the graph leaves open is checked at run time
+    sess = _native.ort_session(fopool_model("fo", gates_shape=["T", "B", 12], c0_shape=["B", 4]))
+    expect_error(lambda: sess.run(None, {"gates": np.zeros((2, 3, 12), np.float32),
+                                         "c0": np.zeros((2, 4), np.float32)}), "'c0'", "[3, 4]", "[2, 4]")
+    h, _ = sess.run(None, {"gates": np.zeros((2, 3, 12), np.float32), "c0": np.zeros((3, 4), np.float32)})
+    assert h.shape == (2, 3, 4)
 
 
 @pytest.mark.parametrize("dtype,onnx_name", [(np.int32, "tensor(int32)"), (np.float64, "tensor(double)")])

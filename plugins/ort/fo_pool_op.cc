@@ -2,6 +2,7 @@
 #include "fo_pool_op.h"
 
 #include <memory>
+#include <string>
 #include <vector>
 
 namespace qrnn {
@@ -127,6 +128,14 @@ struct InfoDeleter {
 struct DimList {
   std::vector<int64_t> ints;
   std::vector<const char*> syms;  // "" where the dimension is an integer (or unknown: -1)
+  std::vector<std::string> owned;  // copies of the names, when the type info they point into goes
+  void own_names() {
+    owned.assign(syms.size(), std::string());
+    for (size_t i = 0; i < syms.size(); ++i) {
+      if (syms[i]) owned[i] = syms[i];
+      syms[i] = owned[i].c_str();
+    }
+  }
   bool known(size_t i) const { return ints[i] >= 0 && (!syms[i] || !*syms[i]); }
   bool named(size_t i) const { return syms[i] && *syms[i]; }
 };
@@ -188,6 +197,86 @@ OrtStatusPtr SetOutput(const OrtApi& api, OrtShapeInferContext* ctx, size_t inde
 }
 
 }  // namespace
+
+namespace {
+
+struct TypeInfoDeleter {
+  void operator()(OrtTypeInfo* p) const { Ort::GetApi().ReleaseTypeInfo(p); }
+};
+
+// The dimensions of kernel input i as the session knows them; false when unknown (no shape, an
+// absent optional input, or an API that cannot tell).
+bool StaticDims(const OrtApi& api, const OrtKernelInfo* info, size_t i, DimList* out) {
+  OrtTypeInfo* raw = nullptr;
+  if (OrtStatusPtr st = api.KernelInfo_GetInputTypeInfo(info, i, &raw)) {
+    api.ReleaseStatus(st);
+    return false;
+  }
+  std::unique_ptr<OrtTypeInfo, TypeInfoDeleter> owned(raw);
+  const OrtTensorTypeAndShapeInfo* tinfo = nullptr;
+  if (OrtStatusPtr st = api.CastTypeInfoToTensorInfo(raw, &tinfo)) {
+    api.ReleaseStatus(st);
+    return false;
+  }
+  if (tinfo == nullptr) return false;
+  if (OrtStatusPtr st = ReadDims(api, tinfo, out)) {
+    api.ReleaseStatus(st);
+    return false;
+  }
+  out->own_names();  // the names point into the type info released on return
+  return !out->ints.empty();  // rank 0 also stands for "shape unknown"
+}
+
+std::string DimsStr(const DimList& d) {
+  std::string s = "[";
+  for (size_t i = 0; i < d.ints.size(); ++i) {
+    s += i ? ", " : "";
+    s += d.named(i) ? std::string(d.syms[i]) : d.known(i) ? std::to_string(d.ints[i]) : std::string("?");
+  }
+  return s + "]";
+}
+
+}  // namespace
+
+OrtStatusPtr CheckStaticShapes(const OrtApi& api, const OrtKernelInfo* info, const FoPoolAttrs& attrs) {
+  size_t n_in = 0;
+  if (OrtStatusPtr st = api.KernelInfo_GetInputCount(info, &n_in)) {
+    api.ReleaseStatus(st);
+    return nullptr;
+  }
+  DimList g;
+  if (n_in == 0 || !StaticDims(api, info, 0, &g)) return nullptr;
+  const std::string who = NodeLabel(attrs);
+  const char* layout = attrs.batch_first ? "[B, T, P*H]" : "[T, B, P*H]";
+  if (g.ints.size() != 3) {
+    return api.CreateStatus(ORT_INVALID_ARGUMENT, (who + ": input 'gates' must have rank 3 " + layout +
+                                                   ", the graph gives it shape " + DimsStr(g)).c_str());
+  }
+  int64_t H = -1;
+  if (g.known(2)) {
+    if (g.ints[2] % attrs.P != 0 || g.ints[2] == 0) {
+      static const char* names[] = {"", "", "f", "fo", "ifo"};
+      return api.CreateStatus(ORT_INVALID_ARGUMENT,
+                              (who + ": last axis of input 'gates' (" + std::to_string(g.ints[2]) + ", shape " +
+                               DimsStr(g) + " in the graph) is not P*H with P = " + std::to_string(attrs.P) +
+                               " for pooling '" + names[attrs.P] + "' and H >= 1").c_str());
+    }
+    H = g.ints[2] / attrs.P;
+  }
+  DimList c;
+  if (n_in < 2 || !StaticDims(api, info, 1, &c)) return nullptr;
+  const size_t bax = attrs.batch_first ? 0 : 1;
+  const bool bad = c.ints.size() != 2 || (g.known(bax) && c.known(0) && c.ints[0] != g.ints[bax]) ||
+                   (H >= 0 && c.known(1) && c.ints[1] != H);
+  if (bad) {
+    const std::string want = "[" + (g.known(bax) ? std::to_string(g.ints[bax]) : std::string("B")) + ", " +
+                             (H >= 0 ? std::to_string(H) : std::string("H")) + "]";
+    return api.CreateStatus(ORT_INVALID_ARGUMENT, (who + ": input 'c0' must be [B, H] = " + want +
+                                                   " for gates of shape " + DimsStr(g) +
+                                                   ", the graph gives it shape " + DimsStr(c)).c_str());
+  }
+  return nullptr;
+}
 
 // Bad static shapes come back as a failed status; onnxruntime 1.32 drops statuses returned by
 // custom-op shape inference (the graph loads and the kernel's own check fails the first run),

@@ -31,6 +31,12 @@ struct FoPoolAttrs {
 // Reads and checks pooling / batch_first / reverse; fails on unknown values (session creation).
 OrtStatusPtr ReadFoPoolAttrs(const OrtApi& api, const OrtKernelInfo* info, FoPoolAttrs* out);
 
+// Checks the shapes the graph fixes before anything runs (rank, last axis against the pooling,
+// c0 against gates); symbolic or unknown dimensions are left to PrepareFoPoolCall. Called when
+// the session creates the kernel, so a graph with a bad static shape fails to load, with a
+// message naming the input and the shapes.
+OrtStatusPtr CheckStaticShapes(const OrtApi& api, const OrtKernelInfo* info, const FoPoolAttrs& attrs);
+
 // One validated call: dims, element type, data pointers (device pointers for GPU EPs), outputs
 // allocated through the context. c0 / c_last are null when absent / not requested.
 struct FoPoolCall {
@@ -78,6 +84,7 @@ struct FoPoolOp : Ort::CustomOpBase<FoPoolOp<Kernel>, Kernel, /*WithStatus=*/tru
     return Guard(api, [&]() -> OrtStatusPtr {
       FoPoolAttrs attrs;
       if (OrtStatusPtr st = ReadFoPoolAttrs(api, info, &attrs)) return st;
+      if (OrtStatusPtr st = CheckStaticShapes(api, info, attrs)) return st;
       *kernel = new Kernel(api, info, attrs);
       return nullptr;
     });
