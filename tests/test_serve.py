@@ -483,56 +483,74 @@ def test_runtime_failure_is_an_error_message_and_frees_state(translator, expecte
         assert srv.state.metrics.translations.value(outcome="error") == 1
 
 
+class GatedTranslator(SlowTranslator):
+    """Holds the engine's encoder thread inside the first stream() until `gate` is set, so the
+    pieces posted meanwhile queue up; records the texts of every feed_batch call."""
+
+    def __init__(self, tr):
+        import threading
+
+        super().__init__(tr, 0.0)
+        self.gate, self.entered, self.calls = threading.Event(), threading.Event(), []
+
+    def stream(self):
+        if not self.gate.is_set():
+            self.entered.set()
+            self.gate.wait(10)
+        return self.tr.stream()
+
+    def feed_batch(self, items):
+        self.calls.append([text for _, text in items])
+        return self.tr.feed_batch(items)
+
+
+async def _hold_encoder(engine, model: GatedTranslator, text: str):
+    """Opens a job and feeds `text`; returns (job, future) once the encoder thread is held."""
+    job = engine.open()
+    fut = job.feed_nowait(text)
+    for _ in range(1000):
+        if model.entered.is_set():
+            break
+        await asyncio.sleep(0.01)
+    return job, fut
+
+
+async def _finish(jobs) -> list:
+    """Ends each job (greedy) and returns its done text, in order."""
+    texts = []
+    for j in jobs:
+        j.end(1, MAX_LEN, 1.0)
+        async for ev in j.results():
+            if ev["type"] == "done":
+                texts.append(ev["text"])
+        j.close()
+    return texts
+
+
 def test_engine_encodes_pieces_of_many_translations_together(translator):
     """Source pieces of different translations that wait together are encoded by one
     Translator.feed_batch call, with the same translations as alone."""
-    import threading
-
     from qrnn_deploy.serve import Engine
 
-    gate, entered, sizes = threading.Event(), threading.Event(), []
-
-    class Gated(SlowTranslator):
-        def stream(self):
-            if not gate.is_set():
-                entered.set()
-                gate.wait(10)  # hold the worker so the next pieces queue up
-            return self.tr.stream()
-
-        def feed_batch(self, items):
-            sizes.append(len(items))
-            return self.tr.feed_batch(items)
-
+    model = GatedTranslator(translator)
     sources = ["abcd", "efgh", "ijkl", "mnop", "ab"]
 
     async def main():
-        e = Engine(Gated(translator, 0.0))
+        e = Engine(model)
         e.start()
         try:
-            first = e.open()
-            f0 = asyncio.ensure_future(first.feed("dead beef"))
-            for _ in range(1000):  # until the worker is held inside the first piece
-                if entered.is_set():
-                    break
-                await asyncio.sleep(0.01)
+            first, f0 = await _hold_encoder(e, model, "dead beef")
             jobs = [e.open() for _ in sources]
             futs = [asyncio.ensure_future(j.feed(s)) for j, s in zip(jobs, sources)]
             await asyncio.sleep(0.05)  # let the futures post their commands
-            gate.set()
+            model.gate.set()
             assert await asyncio.gather(f0, *futs) == [9] + [len(s) for s in sources]
-            texts = []
-            for j in [first] + jobs:
-                j.end(1, MAX_LEN, 1.0)
-                async for ev in j.results():
-                    if ev["type"] == "done":
-                        texts.append(ev["text"])
-                j.close()
-            return texts
+            return await _finish([first] + jobs)
         finally:
             e.stop()
 
     texts = run(main())
-    assert sizes == [5]
+    assert [len(c) for c in model.calls] == [5]
     assert texts == [translator.translate(s, max_len=MAX_LEN) for s in ["dead beef"] + sources]
 
 
@@ -540,51 +558,26 @@ def test_engine_joins_waiting_pieces_of_one_translation(translator):
     """Pieces of one translation that wait together are encoded as one text (and pieces of
     several translations in one feed_batch call); every piece's future gets the source length
     after all of them, and the translations equal the runtime's on the joined sources."""
-    import threading
-
     from qrnn_deploy.serve import Engine
 
-    gate, entered, calls = threading.Event(), threading.Event(), []
-
-    class Gated(SlowTranslator):
-        def stream(self):
-            if not gate.is_set():
-                entered.set()
-                gate.wait(10)  # hold the encoder thread so the next pieces queue up
-            return self.tr.stream()
-
-        def feed_batch(self, items):
-            calls.append([text for _, text in items])
-            return self.tr.feed_batch(items)
+    model = GatedTranslator(translator)
 
     async def main():
-        e = Engine(Gated(translator, 0.0))
+        e = Engine(model)
         e.start()
         try:
-            first = e.open()
-            f0 = first.feed_nowait("gag")
-            for _ in range(1000):  # until the encoder thread is held inside the first piece
-                if entered.is_set():
-                    break
-                await asyncio.sleep(0.01)
+            first, f0 = await _hold_encoder(e, model, "gag")
             a, b = e.open(), e.open()
             futs = [a.feed_nowait("ab"), b.feed_nowait("fe"), a.feed_nowait("cd"), a.feed_nowait("e"),
                     b.feed_nowait("ed")]
-            gate.set()
+            model.gate.set()
             assert await asyncio.gather(f0, *futs) == [3, 5, 4, 5, 5, 4]
-            texts = []
-            for j in (first, a, b):
-                j.end(1, MAX_LEN, 1.0)
-                async for ev in j.results():
-                    if ev["type"] == "done":
-                        texts.append(ev["text"])
-                j.close()
-            return texts
+            return await _finish([first, a, b])
         finally:
             e.stop()
 
     texts = run(main())
-    assert calls == [["abcde", "feed"]]
+    assert model.calls == [["abcde", "feed"]]
     assert texts == [translator.translate(s, max_len=MAX_LEN) for s in ["gag", "abcde", "feed"]]
 
 
