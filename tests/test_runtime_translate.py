@@ -306,8 +306,13 @@ def test_decode_batch_padding_keeps_logits(translator):
         ts.feed(src)
         decs.append(ts.decoder(beam=1))
     seen = []
+
+    def capture(d):  # records the logits each step hands to d
+        orig = d.advance
+        d.advance = lambda logits, st, **kw: seen.append(logits.copy()) or orig(logits, st, **kw)
+
     for d in decs:
-        d.advance = (lambda orig: (lambda logits, st: seen.append(logits.copy()) or orig(logits, st)))(d.advance)
+        capture(d)
     DecodeBatch(translator.decoder, translator.cond_names).step(decs)
     batched = list(seen)
     seen.clear()
@@ -315,7 +320,7 @@ def test_decode_batch_padding_keeps_logits(translator):
         ts = translator.stream()
         ts.feed(src)
         d = ts.decoder(beam=1)
-        d.advance = (lambda orig: (lambda logits, st: seen.append(logits.copy()) or orig(logits, st)))(d.advance)
+        capture(d)
         translator.decode_batch().step([d])
     for a, b in zip(batched, seen):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
