@@ -77,9 +77,9 @@ def _window(g: _Graph, x: str, layer, l: int) -> str:
     b = g.b
     xp = b.node("Concat", [conv_in, x], axis=1)  # [B, k-1+Tc, d]
     axis = b.const([1])
-    # Slice j covers xp[:, j : j+Tc]; its end counted from the back avoids reading Tc.
-    slices = [b.node("Slice", [xp, b.const([j]), b.const([j - (k - 1) if j < k - 1 else INT64_MAX]), axis])
-              for j in range(k)]
+    # Slice j covers xp[:, j : j+Tc]; its end counted from the back avoids reading Tc. The
+    # newest tap (j = k-1) is x itself: no Slice (each small node costs a few us per step).
+    slices = [b.node("Slice", [xp, b.const([j]), b.const([j - (k - 1)]), axis]) for j in range(k - 1)] + [x]
     b.node("Slice", [xp, b.const([-(k - 1)]), b.const([INT64_MAX]), axis], [conv_out])
     return b.node("Concat", slices, axis=2)
 
