@@ -151,3 +151,22 @@ def test_disabled_by_environment_falls_back():
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "OK", out.stderr
+
+
+@pytest.mark.parametrize("pooling", list(P_OF))
+def test_non_finite_gates_behave_like_the_reference(pooling):
+    """A NaN gate makes NaN outputs from there on (a diverged model shows it; nothing turns it
+    into plausible numbers), exactly where fo_pool_ref has them; infinite gates saturate the
+    activations (sigmoid 0 / 1, tanh -1 / 1) and stay finite."""
+    P, H = P_OF[pooling], 5
+    g = torch.randn(6, 3, P * H, generator=torch.Generator().manual_seed(1))
+    g[2, 0, 1] = float("nan")             # z of (b=0, h=1) at t=2
+    g[1, 1, H + 3] = float("inf")         # f of (b=1, h=3) at t=1
+    g[3, 1, 0] = float("-inf")            # z of (b=1, h=0) at t=3
+    g[0, 2, (P - 1) * H + 2] = float("-inf")  # the last gate block of (b=2, h=2) at t=0
+    h, c = _cpu_kernels.forward(g, None, pooling, False, False)
+    h_ref, c_ref = fo_pool_ref(g.double(), None, pooling)
+    assert torch.equal(torch.isnan(h), torch.isnan(h_ref)) and torch.equal(torch.isnan(c), torch.isnan(c_ref))
+    assert torch.isnan(h).any() and torch.isfinite(h[:, 1:]).all()
+    ok = ~torch.isnan(h_ref)
+    torch.testing.assert_close(h.double()[ok], h_ref[ok], rtol=1e-6, atol=1e-6)

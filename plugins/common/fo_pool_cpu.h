@@ -128,20 +128,13 @@ inline std::string check_shapes(const int64_t* gates_shape, size_t gates_rank, b
 QRNN_INLINE float bits_to_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 QRNN_INLINE uint32_t float_to_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
 
-// e^x for x <= 0 (every caller passes -|x|, so results lie in (0, 1] and no quotient formed
-// from them can overflow). Below -87 the argument is clamped (one max): e^-87 is 1.6e-38, and
-// every use adds it to 1 or multiplies it by a bounded value.
+// e^x for x <= 0 (every caller passes -|x|, so results lie in [0, 1] and no quotient formed
+// from them can overflow). Below -87 the result is 0 (e^-87 is 1.6e-38, and there 2^n would
+// leave the exponent range); a NaN stays NaN, so a diverged model's NaNs reach the outputs.
 // x = n ln2 + r with |r| <= ln2/2; e^r by a degree-5 polynomial (Horner, 5 FMAs) fitted here for
 // minimal relative error on that interval (7.5e-8; evaluated in float32 the whole function stays
 // within 2.1e-7 relative of e^x on [-87, 0], checked on 4M points); 2^n from exponent bits.
 QRNN_INLINE float exp_nonpos(float x) {
-  // The clamp on the bits: for x <= 0 (sign bit set) a larger signed integer is a more negative
-  // float, so an integer min is the float max (one vpminsd; a float ternary leaves GCC with
-  // compares and blends).
-  const int32_t kMinus87 = static_cast<int32_t>(0xc2ae0000u);  // bits of -87.0f
-  int32_t xb = static_cast<int32_t>(float_to_bits(x));
-  xb = xb < kMinus87 ? xb : kMinus87;
-  x = bits_to_float(static_cast<uint32_t>(xb));
   const float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer (no -ffast-math)
   const float t = x * 1.44269504088896341f + kRound;
   const float n = t - kRound;
@@ -156,7 +149,8 @@ QRNN_INLINE float exp_nonpos(float x) {
   // t's bits are 0x4B400000 + n (n in [-126, 0] sits in the low mantissa bits); shifting
   // (bits + 127) left by 23 drops the 0x4B4 part and leaves the biased exponent n + 127: 2^n
   // without a float -> int conversion.
-  return p * bits_to_float((float_to_bits(t) + 127u) << 23);
+  const float v = p * bits_to_float((float_to_bits(t) + 127u) << 23);
+  return x < -87.0f ? 0.0f : v;  // last, so whatever the formula gave below -87 is dropped
 }
 
 // IEEE binary16 <-> float32, branch-free (selects only). Round to nearest even on the way down.
