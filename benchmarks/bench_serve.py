@@ -413,7 +413,8 @@ def main() -> None:
     print()
     print(f"{args.seconds:g} s of load per row; server RSS before the runs {mem0:.0f} MB:")
     print("| streams | tokens/s | x 1 stream | raw DecodeBatch tokens/s at N (x alone) | raw pipeline tokens/s at N "
-          "(x 1) | raw pipeline, encoder beside decoder (x 1) | token gap p50 ms | p99 ms | TPOT p50 ms | first token p50 ms | p99 ms | sentences | errors "
+          "(x 1) | raw pipeline, encoder beside decoder (x 1) | token gap p50 ms | p99 ms | TPOT p50 ms "
+          "| first token p50 ms | p99 ms | sentences | errors "
           "| RSS after MB | translations per decoder call | server / client CPU (cores) "
           "| time in decoder / encoder calls |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
