@@ -139,6 +139,32 @@ def test_state_specs_from_manifest(lm_bundle, lm):
             np.testing.assert_array_equal(a[k], b[k])
 
 
+def test_decode_batch_states_reuse_the_last_outputs():
+    """DecodeBatch hands decoders row views of one step's outputs; the next step feeds that base
+    itself when the rows are unchanged, gathers from it when some left or the order changed, and
+    concatenates when a decoder's states came from elsewhere (a new or reordered decoder)."""
+    from qrnn_deploy.runtime.decoders import RowStates, _batch_states
+
+    base = {"c_state_0": np.arange(10.0).reshape(5, 2), "conv_state_0": np.arange(15.0).reshape(5, 1, 3)}
+
+    class D:
+        def __init__(self, states):
+            self.states = states
+
+    ds = [D(RowStates(base, a, b)) for a, b in [(0, 1), (1, 3), (3, 4), (4, 5)]]
+    assert _batch_states(ds) is base
+    assert dict(ds[1].states.items()).keys() == base.keys() and len(ds[1].states) == 2
+    np.testing.assert_array_equal(ds[1].states["c_state_0"], base["c_state_0"][1:3])
+    picked = [ds[3], ds[1]]  # one left, order changed
+    got = _batch_states(picked)
+    for n, v in base.items():
+        np.testing.assert_array_equal(got[n], v[[4, 1, 2]])
+    fresh = D({n: np.full((1,) + v.shape[1:], -1.0) for n, v in base.items()})
+    got = _batch_states([ds[0], fresh])
+    for n, v in base.items():
+        np.testing.assert_array_equal(got[n], np.concatenate([v[:1], fresh.states[n]]))
+
+
 class CountingRunner(OrtRunner):
     calls = 0
 

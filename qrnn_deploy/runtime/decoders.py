@@ -13,6 +13,7 @@ argmax for greedy, `qrnn_deploy.decoding.beam_step` / `best_hypothesis` for beam
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Optional, Sequence
 
 import numpy as np
@@ -20,7 +21,7 @@ import numpy as np
 from qrnn_deploy.decoding import beam_step, best_hypothesis
 from qrnn_deploy.errors import ConfigError, StreamError
 from qrnn_deploy.runtime.loader import Graph
-from qrnn_deploy.runtime.stream import split_states, stack_states
+from qrnn_deploy.runtime.stream import stack_states
 from qrnn_deploy.vocab import BOS, EOS
 
 MEMORY, MEMORY_MASK, LOGITS = "memory", "memory_mask", "logits"
@@ -153,6 +154,47 @@ class BeamDecoder(_Decoder):
         return None if self._result is None else list(self._result)
 
 
+class RowStates(Mapping):
+    """Rows [a, b) of one step's batched states {name: [N, ...]}, sliced when read.
+
+    `DecodeBatch.step` hands each decoder one of these instead of a dict of slices (a server
+    step at 32 streams made 32 x 8 slices and then concatenated them all again at the next
+    step). When the next step's rows all come from the same base, the base is fed as it is, or
+    gathered with one index per state, and nothing is sliced."""
+
+    __slots__ = ("base", "a", "b")
+
+    def __init__(self, base: dict, a: int, b: int):
+        self.base, self.a, self.b = base, a, b
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.base[name][self.a:self.b]
+
+    def __iter__(self):
+        return iter(self.base)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+
+def _batch_states(order: Sequence["_Decoder"]) -> dict:
+    """The decoders' states stacked in row order: the previous step's outputs themselves when the
+    rows are the same, one gather per state when every decoder's rows come from them, else a
+    concatenation."""
+    base, idx = None, []
+    for d in order:
+        st = d.states
+        if type(st) is not RowStates or (base is not None and st.base is not base):
+            return stack_states([d.states for d in order])
+        base = st.base
+        idx.extend(range(st.a, st.b))
+    first = next(iter(base.values()), None)
+    if first is not None and len(first) == len(idx) and idx == list(range(len(idx))):
+        return base
+    ix = np.array(idx, dtype=np.intp)
+    return {n: v[ix] for n, v in base.items()}
+
+
 class DecodeBatch:
     """Steps many decoders (of one decoder graph) with one graph call per step.
 
@@ -279,16 +321,18 @@ class DecodeBatch:
             tgt = np.concatenate([d.next_tokens() for d in order])[:, None]
             inputs = {self.graph.token_input: tgt.astype(self.graph.token_dtype, copy=False)}
             inputs.update(ctx)
-            outputs, states = self.graph.run(inputs, stack_states([d.states for d in order]))
+            outputs, states = self.graph.run(inputs, _batch_states(order))
             logits = outputs[LOGITS][:, -1]
             best = logits.argmax(-1).tolist()  # one call for every greedy row (~2 us each alone)
             a = 0
-            for d, k, st in zip(order, rows, split_states(states, rows)):
+            for d, k in zip(order, rows):
+                b = a + k
+                st = RowStates(states, a, b) if len(order) > 1 else states
                 if isinstance(d, GreedyDecoder):
-                    out[id(d)] = d.advance(logits[a:a + k], st, best=best[a])
+                    out[id(d)] = d.advance(logits[a:b], st, best=best[a])
                 else:
-                    out[id(d)] = d.advance(logits[a:a + k], st)
-                a += k
+                    out[id(d)] = d.advance(logits[a:b], st)
+                a = b
         return [out[id(d)] for d in decoders]
 
     def run(self, decoder: _Decoder):
