@@ -178,21 +178,32 @@ class RowStates(Mapping):
 
 
 def _batch_states(order: Sequence["_Decoder"]) -> dict:
-    """The decoders' states stacked in row order: the previous step's outputs themselves when the
-    rows are the same, one gather per state when every decoder's rows come from them, else a
-    concatenation."""
-    base, idx = None, []
+    """The decoders' states stacked in row order. Runs of decoders whose states are RowStates of
+    one base (the previous step's outputs) are taken with one index per state, or as the base
+    itself when every row is unchanged; other decoders' states (new ones) are concatenated in."""
+    pieces: list = []  # [base, [row indices]] runs and plain state mappings, in row order
     for d in order:
         st = d.states
-        if type(st) is not RowStates or (base is not None and st.base is not base):
-            return stack_states([d.states for d in order])
-        base = st.base
-        idx.extend(range(st.a, st.b))
-    first = next(iter(base.values()), None)
-    if first is not None and len(first) == len(idx) and idx == list(range(len(idx))):
-        return base
-    ix = np.array(idx, dtype=np.intp)
-    return {n: v[ix] for n, v in base.items()}
+        if type(st) is RowStates:
+            if pieces and type(pieces[-1]) is list and pieces[-1][0] is st.base:
+                pieces[-1][1].extend(range(st.a, st.b))
+            else:
+                pieces.append([st.base, list(range(st.a, st.b))])
+        else:
+            pieces.append(st)
+    if len(pieces) == 1 and type(pieces[0]) is list:
+        base, idx = pieces[0]
+        first = next(iter(base.values()), None)
+        if first is not None and len(first) == len(idx) and idx == list(range(len(idx))):
+            return base
+    parts = []
+    for p in pieces:
+        if type(p) is list:
+            ix = np.array(p[1], dtype=np.intp)
+            parts.append({n: v[ix] for n, v in p[0].items()})
+        else:
+            parts.append(p)
+    return stack_states(parts)
 
 
 class DecodeBatch:
@@ -224,9 +235,11 @@ class DecodeBatch:
         self._krows: list = []  # their row counts when placed
         self._bufs: Optional[dict] = None  # name -> [capacity, ...] buffer (memory, mask, cond_l)
         self._S = 0  # padded memory length of the buffers
+        self._ids: set = set()  # id() of the decoders in _order
+        self._ctx: dict = {}  # the context of the last step (views of the buffers)
 
     def _lone(self, d: _Decoder) -> dict:
-        self._order, self._krows = [], []
+        self._order, self._krows, self._ids = [], [], set()
         ctx = {MEMORY: d.memory[None], MEMORY_MASK: d.memory_mask.astype(self.mask_dtype, copy=False)}
         ctx.update({n: d.cond[n][None] for n in self.cond_names})
         return ctx
@@ -262,6 +275,8 @@ class DecodeBatch:
         if len(live) == 1 and live[0].num_rows == 1:
             return live, self._lone(live[0])
         ids = {id(d) for d in live}
+        if ids == self._ids and all(d.num_rows == k for d, k in zip(self._order, self._krows)):
+            return self._order, self._ctx  # the same decoders as the last step: nothing moves
         kept, kept_rows, starts, a = [], [], [], 0
         for d, k in zip(self._order, self._krows):
             if id(d) in ids and d.num_rows == k:
@@ -306,8 +321,9 @@ class DecodeBatch:
                 self._write(d, a, k)
                 a += k
             self._order, self._krows = kept + new, kept_rows + [d.num_rows for d in new]
-        ctx = {name: buf[:N] for name, buf in self._bufs.items()}
-        return self._order, ctx
+        self._ids = {id(d) for d in self._order}
+        self._ctx = {name: buf[:N] for name, buf in self._bufs.items()}
+        return self._order, self._ctx
 
     def step(self, decoders: Sequence[_Decoder]) -> list:
         """One decoding step for every decoder not yet done -> per decoder, its new final tokens."""
@@ -318,8 +334,13 @@ class DecodeBatch:
         if live:
             order, ctx = self._arrange(live)
             rows = [d.num_rows for d in order]
-            tgt = np.concatenate([d.next_tokens() for d in order])[:, None]
-            inputs = {self.graph.token_input: tgt.astype(self.graph.token_dtype, copy=False)}
+            toks: list = []
+            for d in order:
+                if type(d) is GreedyDecoder:
+                    toks.append(d._last)
+                else:
+                    toks.extend(d.next_tokens().tolist())
+            inputs = {self.graph.token_input: np.array(toks, dtype=self.graph.token_dtype)[:, None]}
             inputs.update(ctx)
             outputs, states = self.graph.run(inputs, _batch_states(order))
             logits = outputs[LOGITS][:, -1]
