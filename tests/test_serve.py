@@ -189,10 +189,15 @@ def test_malformed_messages_keep_the_connection(server, expected):
     bad = [("{not json", "bad_json"), ("[1, 2]", "bad_message"), ('{"type": "sauce", "text": "a"}', "bad_type"),
            ('{"type": "source", "text": 5}', "bad_message"),
            ('{"type": "end", "beam": 99}', "bad_option"), ('{"type": "end", "max_len": 0}', "bad_option"),
-           ('{"type": "end", "beam": "2"}', "bad_option"), (b"\xff\xfe\x00garbage", "bad_utf8")]
+           ('{"type": "end", "beam": "2"}', "bad_option"), (b"\xff\xfe\x00garbage", "bad_utf8"),
+           ("[" * 20000 + "]" * 20000, "bad_json"), ('{"type": "end", "beam": "%s"}' % ("x" * 5000), "bad_option"),
+           ('{"type": "%s"}' % ("y" * 5000), "bad_type")]
 
     async def main():
         async with connect(server.ws_url()) as ws:
+            await ws.send(json.dumps({"type": "end"}))
+            assert (await recv(ws))["code"] == "empty_source"
+            await ws.send(json.dumps({"type": "source", "text": ""}))  # empty pieces only: still empty
             await ws.send(json.dumps({"type": "end"}))
             assert (await recv(ws))["code"] == "empty_source"
             await ws.send(json.dumps({"type": "source", "text": "abc "}))
@@ -200,7 +205,7 @@ def test_malformed_messages_keep_the_connection(server, expected):
                 await ws.send(frame)
                 m = await recv(ws)
                 assert m["type"] == "error" and m["code"] == code, (frame, m)
-                assert m["message"]
+                assert 0 < len(m["message"]) < 400  # a client's value is not echoed whole
             # the sentence begun before the bad messages is intact; UTF-8 binary frames are read too
             await ws.send(json.dumps({"type": "source", "text": "def gh"}).encode())
             tokens, done = await translate_ws(ws, [])
@@ -261,7 +266,9 @@ def test_http_endpoints(server, expected):
         for body, code, status in [(b"{", "bad_json", 400), (b'{"text": 3}', "bad_message", 400),
                                    (b'{"text": ""}', "empty_source", 400), (b'{"text": "a", "beam": 0}', "bad_option", 400),
                                    (b'{"text": "a", "stream": "yes"}', "bad_option", 400),
-                                   (b'\xff{"text": "a"}', "bad_utf8", 400)]:
+                                   (b'\xff{"text": "a"}', "bad_utf8", 400),
+                                   (b"[" * 30000 + b"]" * 30000, "bad_json", 400),
+                                   (b'{"text": "a", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", "bad_json", 400)]:
             r = c.post("/v1/translate", content=body, headers={"content-type": "application/json"})
             assert r.status_code == status and r.json()["error"]["code"] == code, (body, r.text)
         assert c.get("/v1/translate").status_code == 405
@@ -276,6 +283,7 @@ def test_http_endpoints(server, expected):
         assert 'qrnn_serve_errors_total{kind="bad_json"}' in m.text
         spec = c.get("/openapi.json").json()
         assert spec["openapi"].startswith("3.") and "/v1/translate" in spec["paths"]
+        assert {"200", "400", "401", "413", "500", "503"} <= set(spec["paths"]["/v1/translate"]["post"]["responses"])
         page = c.get("/")
         assert page.status_code == 200 and "/v1/stream" in page.text and "<script" in page.text
         assert "http://" not in page.text and "https://" not in page.text  # no external resources
@@ -390,6 +398,61 @@ def test_idle_timeout_closes_with_4408(translator):
         run(main())
         assert wait_for(lambda: srv.state.engine.jobs_open == 0 and srv.state.streams_open == 0)
         assert wait_for(lambda: srv.state.metrics.sessions.value() == 0)
+
+
+def test_client_that_stops_reading_is_dropped(translator):
+    """A client that sends sentences and never reads fills its socket buffers; after send_timeout
+    the server drops the connection and frees its stream slot and translations (before this, a
+    stuck send kept the slot forever and the idle timeout never fired)."""
+    cfg = ServeConfig(max_len=MAX_LEN, send_timeout=0.5, idle_timeout=60, max_queued_sentences=10_000)
+    srv = ServerThread(create_app(translator, cfg))
+    srv.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # accepted sockets inherit it
+    with srv:
+        async def main():
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect((srv.host, srv.port))
+            s.setblocking(False)
+            async with connect(srv.ws_url(), sock=s, max_queue=1, ping_interval=None) as ws:
+                ws.transport.pause_reading()
+                sent, deadline = 0, time.monotonic() + 30
+                try:  # until the server drops us (or our own sends block: the server stopped reading)
+                    while time.monotonic() < deadline and not srv.state.metrics.errors.value(kind="send_timeout"):
+                        await asyncio.wait_for(ws.send(json.dumps({"type": "source", "text": SOURCES[-1]})), 2)
+                        await asyncio.wait_for(ws.send(json.dumps({"type": "end"})), 2)
+                        sent += 1
+                except (asyncio.TimeoutError, ConnectionClosed, OSError):
+                    pass
+                assert sent > 0
+                assert wait_for(lambda: srv.state.streams_open == 0, 10)
+                ws.transport.abort()
+
+        run(main())
+        assert srv.state.metrics.errors.value(kind="send_timeout") == 1
+        assert wait_for(lambda: srv.state.engine.jobs_open == 0 and srv.state.metrics.sessions.value() == 0
+                        and srv.state.metrics.decoding.value() == 0)
+
+
+def test_idle_timeout_waits_for_sentences_being_decoded(translator, expected):
+    """Silence while an ended sentence is decoded is not idleness, even when the client has
+    already started the next sentence's source."""
+    src = _long_source(translator, SOURCES)
+    cfg = ServeConfig(max_len=MAX_LEN, idle_timeout=0.25)
+    with ServerThread(create_app(SlowTranslator(translator, 0.06), cfg)) as srv:
+        async def main():
+            async with connect(srv.ws_url()) as ws:
+                await ws.send(json.dumps({"type": "source", "text": src}))
+                await ws.send(json.dumps({"type": "end"}))
+                await ws.send(json.dumps({"type": "source", "text": "gag"}))  # the next one starts
+                text = ""
+                while (m := await recv(ws))["type"] == "token":
+                    text += m["text"]
+                assert m["type"] == "done" and m["text"] == text == translator.translate(src, max_len=MAX_LEN)
+                assert m["decode_ms"] > 250  # longer than the idle timeout
+                m = await recv(ws)  # then the half-sent sentence is idle: closed
+                assert m["code"] == "idle_timeout"
+
+        run(main())
 
 
 # -- concurrency, disconnects, drain -----------------------------------------------------------------

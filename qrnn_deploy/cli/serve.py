@@ -27,6 +27,9 @@ def serve(bundle: str = typer.Argument(..., help="Seq2seq bundle directory (writ
           max_source_chars: int = typer.Option(2000, "--max-source-chars", min=1,
                                                help="Longest source sentence."),
           idle_timeout: float = typer.Option(60.0, "--idle-timeout", help="Seconds a silent WebSocket stays open."),
+          send_timeout: float = typer.Option(30.0, "--send-timeout",
+                                             help="Seconds a message may wait for a client that does not read; "
+                                                  "then the connection is dropped."),
           max_queued_sentences: int = typer.Option(4, "--max-queued-sentences", min=1,
                                                    help="Sentences one WebSocket may have ended and not yet "
                                                         "received; more are refused."),
@@ -50,7 +53,7 @@ def serve(bundle: str = typer.Argument(..., help="Seq2seq bundle directory (writ
 
     cfg = ServeConfig(beam=beam, max_beam=max(max_beam, beam), max_len=max_len, length_penalty=length_penalty,
                       max_streams=max_streams, max_message_bytes=max_message_bytes,
-                      max_source_chars=max_source_chars, idle_timeout=idle_timeout,
+                      max_source_chars=max_source_chars, idle_timeout=idle_timeout, send_timeout=send_timeout,
                       max_queued_sentences=max_queued_sentences, batch_wait_ms=batch_wait_ms,
                       max_batch_rows=max_batch_rows, flush_ms=flush_ms,
                       drain_timeout=drain_timeout, api_key=api_key).validate()

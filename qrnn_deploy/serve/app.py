@@ -16,6 +16,7 @@ from typing import Optional
 
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
@@ -27,7 +28,7 @@ from qrnn_deploy.serve.metrics import ServerMetrics
 from qrnn_deploy.serve.openapi import openapi_spec
 from qrnn_deploy.serve.protocol import ProtocolError, decode_options
 from qrnn_deploy.serve.state import ServerState
-from qrnn_deploy.serve.ws import done_payload, stream_endpoint, token_payload
+from qrnn_deploy.serve.ws import RawSend, done_payload, stream_endpoint, token_payload
 
 STATIC = Path(__file__).parent / "static"
 
@@ -94,7 +95,7 @@ def _parse_translate(body: bytes, cfg: ServeConfig) -> tuple:
         d = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ProtocolError("bad_utf8", f"request body is not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         raise ProtocolError("bad_json", f'malformed JSON ({e}); send {{"text": "..."}}') from None
     if not isinstance(d, dict) or not isinstance(d.get("text"), str):
         raise ProtocolError("bad_message", 'the body must be a JSON object with a string "text"')
@@ -226,6 +227,6 @@ def create_app(model: TranslationModel, cfg: Optional[ServeConfig] = None, info:
         Route("/v1/translate", _guard(translate), methods=["POST"]),
         WebSocketRoute("/v1/stream", stream_endpoint),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RawSend)])
     app.state.serve = state
     return app

@@ -19,6 +19,9 @@ class ServeConfig:
     max_message_bytes: largest client message (WebSocket frame or HTTP body) the server reads.
     max_source_chars: longest source of one translation.
     idle_timeout: seconds a WebSocket may stay silent while nothing is being decoded for it.
+    send_timeout: seconds a message to a client may wait for the client to read (its socket
+      buffers full); then the connection is dropped and its translations freed, so a client that
+      stops reading cannot hold a stream slot.
     max_queued_sentences: sentences one WebSocket may have ended and not yet received in full;
       one more is refused (so a client that sends without reading cannot take the whole engine).
     batch_wait_ms: how long the engine waits for more translations to start before their first
@@ -39,6 +42,7 @@ class ServeConfig:
     max_message_bytes: int = 65536
     max_source_chars: int = 2000
     idle_timeout: float = 60.0
+    send_timeout: float = 30.0
     max_queued_sentences: int = 4
     batch_wait_ms: float = 1.0
     max_batch_rows: int = 512
@@ -57,6 +61,7 @@ class ServeConfig:
             (self.max_queued_sentences >= 1,
              f"max_queued_sentences must be >= 1, got {self.max_queued_sentences}"),
             (self.idle_timeout > 0, f"idle_timeout must be > 0 seconds, got {self.idle_timeout}"),
+            (self.send_timeout > 0, f"send_timeout must be > 0 seconds, got {self.send_timeout}"),
             (0 <= self.batch_wait_ms <= 100, f"batch_wait_ms must be in [0, 100], got {self.batch_wait_ms}"),
             (self.max_batch_rows >= self.max_beam,
              f"max_batch_rows ({self.max_batch_rows}) must be >= max_beam ({self.max_beam})"),

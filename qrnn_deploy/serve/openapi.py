@@ -71,6 +71,7 @@ def openapi_spec(cfg: ServeConfig) -> dict:
                     "400": _error_response("Malformed request or option out of range"),
                     "401": _error_response("Missing or wrong API key"),
                     "413": _error_response(f"Body over {cfg.max_message_bytes} bytes"),
+                    "500": _error_response("The runtime failed on this request (translate_failed)"),
                     "503": _error_response("Too many open streams, or draining (Retry-After: 1)"),
                 }}},
             "/v1/stream": {"get": {

@@ -3,7 +3,7 @@
 Client -> server (WebSocket text frames, JSON objects; UTF-8 binary frames are read the same):
   {"type": "source", "text": "..."}                  a piece of the source (any number)
   {"type": "end", "beam": K?, "max_len": N?, "length_penalty": a?}   the source is complete
-  {"type": "reset"}                                  drop the current sentence (source or decoding)
+  {"type": "reset"}                                  drop every unfinished sentence (source or decoding)
   {"type": "ping"}                                   answered with {"type": "pong"}
 Server -> client:
   {"type": "token", "text", "ids", "index", "ms"}     target tokens that became final (one or more)
@@ -72,10 +72,17 @@ def parse_message(text: str) -> dict:
         raise ProtocolError("bad_message", f"expected a JSON object, got {type(msg).__name__}")
     kind = msg.get("type")
     if kind not in CLIENT_TYPES:
-        raise ProtocolError("bad_type", f"unknown message type {kind!r}; expected one of {list(CLIENT_TYPES)}")
+        raise ProtocolError("bad_type", f"unknown message type {shown(kind)}; expected one of {list(CLIENT_TYPES)}")
     if kind == "source" and not isinstance(msg.get("text"), str):
         raise ProtocolError("bad_message", 'a "source" message needs a string "text"')
     return msg
+
+
+def shown(v, limit: int = 40) -> str:
+    """repr(v) for an error message, cut to about `limit` characters (a message must not echo a
+    client's whole, possibly huge, value back)."""
+    r = repr(v)
+    return r if len(r) <= limit else f"{r[:limit]}... ({len(r)} characters)"
 
 
 def _int(d: dict, key: str, lo: int, hi: int, default: int) -> int:
@@ -83,7 +90,7 @@ def _int(d: dict, key: str, lo: int, hi: int, default: int) -> int:
     if v is None:
         return default
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise ProtocolError("bad_option", f'"{key}" must be an integer in [{lo}, {hi}], got {v!r}')
+        raise ProtocolError("bad_option", f'"{key}" must be an integer in [{lo}, {hi}], got {shown(v)}')
     return v
 
 
@@ -95,7 +102,7 @@ def decode_options(d: dict, cfg: ServeConfig) -> tuple[int, int, float]:
     if lp is None:
         lp = cfg.length_penalty
     elif isinstance(lp, bool) or not isinstance(lp, (int, float)) or not 0.0 <= lp <= 10.0:
-        raise ProtocolError("bad_option", f'"length_penalty" must be a number in [0, 10], got {lp!r}')
+        raise ProtocolError("bad_option", f'"length_penalty" must be a number in [0, 10], got {shown(lp)}')
     return beam, max_len, float(lp)
 
 

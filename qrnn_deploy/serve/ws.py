@@ -32,6 +32,36 @@ class _Close(Exception):
         self.code = code
 
 
+class _Stalled(Exception):
+    """A message waited `send_timeout` seconds for the client to read; the connection was dropped."""
+
+
+RAW_SEND = "qrnn_deploy.raw_send"
+
+
+class RawSend:
+    """ASGI middleware: keeps the server's own send callable of each WebSocket in its scope, so a
+    connection whose client stopped reading can be dropped (`_abort`) without waiting for its
+    socket buffers to drain, which a polite close would."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket":
+            scope[RAW_SEND] = send
+        await self.app(scope, receive, send)
+
+
+def _abort(ws: WebSocket) -> None:
+    """Drops the connection at once when the server exposes its transport (uvicorn's WebSocket
+    protocols do, as the owner of the send method); else the socket closes when the peer goes."""
+    send = ws.scope.get(RAW_SEND)
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is not None and hasattr(transport, "abort"):
+        transport.abort()
+
+
 def token_payload(job: Job, evs: list, index: int) -> Optional[dict]:
     """One message for the tokens among `evs` (those that became final by the time the sender
     got to them: usually one; several when the network side fell behind or steps were shorter
@@ -78,8 +108,8 @@ async def stream_endpoint(ws: WebSocket) -> None:
             await ws.close(c.code)
         except Exception:  # already closed by the peer
             pass
-    except (WebSocketDisconnect, RuntimeError, OSError):
-        pass  # the client went away while we were sending
+    except (WebSocketDisconnect, RuntimeError, OSError, _Stalled):
+        pass  # the client went away, or stopped reading, while we were sending
     finally:
         await conn.cleanup()
         slot.release()
@@ -100,14 +130,31 @@ class StreamConnection:
         self.pumps: list = []  # tasks forwarding ended sentences, oldest first
         self.feeds: list = []  # futures of source pieces posted and not yet encoded
         self._send_lock = asyncio.Lock()
+        self.stalled = False  # a send timed out: the connection is being dropped
 
     def busy(self) -> bool:
         self.pumps = [p for p in self.pumps if not p.done()]
         return self.job is not None or bool(self.pumps)
 
+    def decoding(self) -> bool:
+        """Whether ended sentences of this connection are still being decoded or sent."""
+        self.pumps = [p for p in self.pumps if not p.done()]
+        return bool(self.pumps)
+
     async def send(self, obj: dict) -> None:
+        """Sends one message. A client that leaves it unread for `send_timeout` seconds (its
+        socket buffers full) is dropped: _Stalled, here and for every later send."""
         async with self._send_lock:
-            await self.ws.send_text(json.dumps(obj, ensure_ascii=False))
+            if self.stalled:
+                raise _Stalled()
+            try:
+                await asyncio.wait_for(self.ws.send_text(json.dumps(obj, ensure_ascii=False)), self.cfg.send_timeout)
+            except asyncio.TimeoutError:
+                self.stalled = True
+                self.st.metrics.errors.inc(kind="send_timeout")
+                log.info("a WebSocket client read nothing for %g s; dropping the connection", self.cfg.send_timeout)
+                _abort(self.ws)
+                raise _Stalled() from None
 
     async def error(self, e: ProtocolError) -> None:
         self.st.metrics.errors.inc(kind=e.code)
@@ -118,8 +165,8 @@ class StreamConnection:
             try:
                 msg = await asyncio.wait_for(self.ws.receive(), self.cfg.idle_timeout)
             except asyncio.TimeoutError:
-                if self.busy() and self.job is None:
-                    continue  # decoding for this client: silence is fine
+                if self.decoding():
+                    continue  # sentences of this client are being decoded: silence is fine
                 await self.error(ProtocolError("idle_timeout", f"no message for {self.cfg.idle_timeout:g} s; "
                                                                "closing the connection"))
                 raise _Close(CLOSE_IDLE) from None
@@ -138,6 +185,9 @@ class StreamConnection:
             await self.source(m["text"])
         elif kind == "end":
             beam, max_len, lp = decode_options(m, self.cfg)
+            if self.job is not None and self.job.source_chars == 0:  # only empty pieces so far
+                self.job.close()
+                self.job = None
             if self.job is None:
                 raise ProtocolError("empty_source", 'nothing to translate: send {"type": "source", "text": ...} '
                                                     'before "end"')
