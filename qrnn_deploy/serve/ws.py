@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Optional
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -101,6 +102,7 @@ async def stream_endpoint(ws: WebSocket) -> None:
         await _send_then_close(ws, {"type": "error", "code": code, "message": message}, CLOSE_TRY_AGAIN_LATER)
         return
     conn = StreamConnection(ws, st)
+    watchdog = asyncio.ensure_future(conn.watch())
     try:
         await conn.run()
     except _Close as c:
@@ -111,6 +113,7 @@ async def stream_endpoint(ws: WebSocket) -> None:
     except (WebSocketDisconnect, RuntimeError, OSError, _Stalled):
         pass  # the client went away, or stopped reading, while we were sending
     finally:
+        watchdog.cancel()
         await conn.cleanup()
         slot.release()
 
@@ -131,6 +134,7 @@ class StreamConnection:
         self.feeds: list = []  # futures of source pieces posted and not yet encoded
         self._send_lock = asyncio.Lock()
         self.stalled = False  # a send timed out: the connection is being dropped
+        self._sending_since: Optional[float] = None  # time.monotonic() when the current send began
 
     def busy(self) -> bool:
         self.pumps = [p for p in self.pumps if not p.done()]
@@ -142,19 +146,32 @@ class StreamConnection:
         return bool(self.pumps)
 
     async def send(self, obj: dict) -> None:
-        """Sends one message. A client that leaves it unread for `send_timeout` seconds (its
-        socket buffers full) is dropped: _Stalled, here and for every later send."""
+        """Sends one message. A send still waiting for the client to read after `send_timeout`
+        seconds (its socket buffers full) gets the connection dropped by the watchdog; later
+        sends raise _Stalled."""
         async with self._send_lock:
             if self.stalled:
                 raise _Stalled()
+            self._sending_since = time.monotonic()
             try:
-                await asyncio.wait_for(self.ws.send_text(json.dumps(obj, ensure_ascii=False)), self.cfg.send_timeout)
-            except asyncio.TimeoutError:
+                await self.ws.send_text(json.dumps(obj, ensure_ascii=False))
+            finally:
+                self._sending_since = None
+
+    async def watch(self) -> None:
+        """The send watchdog (a task per connection; wrapping every send in a timeout would cost
+        a timer per token): drops the connection when a send has waited over `send_timeout`."""
+        limit = self.cfg.send_timeout
+        while True:
+            await asyncio.sleep(min(1.0, limit / 4))
+            t = self._sending_since
+            if t is not None and time.monotonic() - t > limit:
                 self.stalled = True
                 self.st.metrics.errors.inc(kind="send_timeout")
-                log.info("a WebSocket client read nothing for %g s; dropping the connection", self.cfg.send_timeout)
-                _abort(self.ws)
-                raise _Stalled() from None
+                log.info("a WebSocket client read nothing for %g s; dropping the connection", limit)
+                _abort(self.ws)  # the waiting send fails, and the reader sees the disconnect
+                await self.drop_all()  # frees the translations even where the server cannot abort
+                return
 
     async def error(self, e: ProtocolError) -> None:
         self.st.metrics.errors.inc(kind=e.code)
