@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Optional
 
 from qrnn_deploy.errors import BundleError
@@ -103,6 +103,9 @@ class Manifest:
         if d.get("format_version") != BUNDLE_VERSION:
             raise BundleError(f"{where}: bundle format version {d.get('format_version')!r} is not supported "
                               f"(this qrnn-deploy reads version {BUNDLE_VERSION}); re-export the bundle")
+        for key, kind in (("graphs", dict), ("engines", (dict, type(None)))):
+            if key in d and not isinstance(d[key], kind):
+                raise BundleError(f"{where}: {key} must be an object (role -> entry), got {_kind(d[key])}")
         try:
             graphs = {role: _graph(g) for role, g in d["graphs"].items()}
             engines = {role: EngineSpec(**e) for role, e in (d.get("engines") or {}).items()}
@@ -115,6 +118,7 @@ class Manifest:
         return m
 
     def validate(self, where: str = "manifest") -> None:
+        self._check_types(where)
         if self.model_type not in MODEL_ROLES:
             raise BundleError(f"{where}: unknown model_type {self.model_type!r}")
         if self.fo_pool not in FO_POOL_VARIANTS:
@@ -131,12 +135,76 @@ class Manifest:
         if self.fo_pool == "custom" and not self.custom_op:
             raise BundleError(f"{where}: fo_pool 'custom' needs the custom_op entry")
 
+    def _check_types(self, where: str) -> None:
+        """Every field has the JSON type the runtimes read it as: a hand-edited manifest fails
+        here with its field named, not later in whatever code touches the field first."""
+        def need(ok: bool, what: str, value) -> None:
+            if not ok:
+                raise BundleError(f"{where}: {what}, got {_kind(value)}")
+
+        for name in ("model_type", "fo_pool"):
+            need(isinstance(getattr(self, name), str), f"{name} must be a string", getattr(self, name))
+        for name in ("graphs", "config", "special_tokens", "engines", "metadata"):
+            need(isinstance(getattr(self, name), dict), f"{name} must be an object", getattr(self, name))
+        for name in ("vocab", "custom_op"):
+            value = getattr(self, name)
+            need(value is None or isinstance(value, dict), f"{name} must be an object or null", value)
+        need(self.opset is None or _is_int(self.opset), "opset must be an integer or null", self.opset)
+        for key, value in self.config.items():
+            if key.endswith("vocab_size"):
+                need(value is None or _is_int(value), f"config.{key} must be an integer", value)
+        for key, value in self.special_tokens.items():
+            need(_is_int(value) and value >= 0, f"special_tokens.{key} must be a token id (an integer >= 0)", value)
+        if self.vocab is not None:
+            sides = ({f"vocab.{k}": self.vocab.get(k) for k in ("src", "tgt")} if "src" in self.vocab
+                     else {"vocab": self.vocab})
+            for name, side in sides.items():
+                need(isinstance(side, dict), f"{name} must be an object", side)
+                symbols = side.get("symbols")
+                need(symbols is None or isinstance(symbols, list), f"{name}.symbols must be a list", symbols)
+        ver = self.metadata.get("verification")
+        need(ver is None or isinstance(ver, dict), "metadata.verification must be an object", ver)
+        for role, g in self.graphs.items():
+            _check_file(g.file, f"graph {role!r}", where)
+            for part in ("inputs", "outputs", "states"):
+                need(isinstance(getattr(g, part), list), f"graph {role!r}: {part} must be a list", getattr(g, part))
+            for t in list(g.inputs) + list(g.outputs) + list(g.states):
+                need(isinstance(t.name, str) and bool(t.name), f"graph {role!r}: a tensor name must be a string",
+                     t.name)
+                need(isinstance(t.dtype, str), f"graph {role!r}: tensor {t.name}: dtype must be a string", t.dtype)
+            for st in g.states:
+                need(isinstance(st.output, str) and bool(st.output),
+                     f"graph {role!r}: state {st.name}: output must be a tensor name", st.output)
+        for role, e in self.engines.items():
+            _check_file(e.file, f"engine {role!r}", where)
+
     # -- files --------------------------------------------------------------------------------
 
     def write(self, bundle_dir) -> Path:
         path = Path(bundle_dir) / MANIFEST_NAME
         path.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         return path
+
+
+def _kind(value) -> str:
+    """A JSON value's type, as a manifest's author knows it."""
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return f"{names.get(type(value), type(value).__name__)} ({json.dumps(value, default=str)[:40]})"
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_file(name, what: str, where: str) -> None:
+    """A file of the bundle is named relative to the bundle directory and stays inside it."""
+    if not isinstance(name, str) or not name:
+        raise BundleError(f"{where}: {what} file must be a non-empty file name, got {_kind(name)}")
+    p = PurePosixPath(name)
+    if p.is_absolute() or "\\" in name or ".." in p.parts or not p.parts:
+        raise BundleError(f"{where}: {what} file {name!r} must be a relative file name inside the bundle "
+                          "(no absolute path, no '..')")
 
 
 def _graph(g: dict) -> GraphSpec:
@@ -152,11 +220,15 @@ def load_manifest(bundle_dir, check_files: bool = True) -> Manifest:
     if not bundle_dir.is_dir():
         raise BundleError(f"bundle not found: {bundle_dir} is not a directory (export one with `qrnn-deploy export`)")
     if not path.is_file():
+        if path.exists():
+            raise BundleError(f"{bundle_dir} is not a bundle: {path} is not a file")
         raise BundleError(f"{bundle_dir} is not a bundle: {MANIFEST_NAME} is missing")
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise BundleError(f"{path}: cannot read it ({e.strerror or e})") from None
     m = Manifest.from_json(d, str(path))
     if check_files:
         for role, g in m.graphs.items():

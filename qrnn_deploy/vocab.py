@@ -61,5 +61,5 @@ class CharVocab:
     @classmethod
     def from_json(cls, d: dict) -> "CharVocab":
         if not isinstance(d, dict) or d.get("type") != "char" or not isinstance(d.get("symbols"), list):
-            raise ConfigError("vocabulary: expected {'type': 'char', 'symbols': [...]}")
+            raise ConfigError("CharVocab: expected {'type': 'char', 'symbols': [...]}")
         return cls(d["symbols"])

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from qrnn_deploy.benchmark.suite import PRESETS, BenchConfig, BenchResult, preset, run_bench, total_work
+from qrnn_deploy.paths import output_dir
 
 # Setting this to 1 turns any `qrnn-deploy bench` into the seconds-long smoke run (tests, CI).
 SMOKE_ENV = "QRNN_BENCH_SMOKE"
@@ -38,8 +39,7 @@ def run(mode: str = "full", threads: Optional[int] = None, out_dir="bench-result
     # A pipe or log file gets 80 columns by default: too narrow for the tables.
     console = console or (Console() if sys.stdout.isatty() else Console(width=150))
     cfg = preset(mode, threads)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out_dir, "results directory")
     with tempfile.TemporaryDirectory(prefix="qrnn-bench-") as work:
         res = _run_with_progress(cfg, Path(work), console, show_progress)
     recs = report.derive(res)

@@ -2,6 +2,7 @@
 them registers them on `app`. Heavy imports (torch, onnxruntime) happen inside the commands, so
 `--help` stays fast. Every `QRNNError` becomes one line on stderr and exit code 2."""
 
+import os
 import sys
 
 from qrnn_deploy.cli.app import app
@@ -19,10 +20,32 @@ from qrnn_deploy.errors import QRNNError
 
 def main(argv=None):
     try:
-        app(args=argv, standalone_mode=True)
+        try:
+            app(args=argv, standalone_mode=True)
+        except SystemExit as e:
+            if not e.code:
+                sys.stdout.flush()  # a full disk behind stdout shows here, not at interpreter exit
+            raise
     except QRNNError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:
+        # Writing the output failed (`> /dev/full`, a closed pipe, a disk filling up): one line,
+        # and stdout goes to /dev/null so the exit does not print the same error again.
+        _silence_stdout()
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _silence_stdout() -> None:
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # captured by a test: nothing to silence
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)

@@ -1,20 +1,19 @@
 """`qrnn-deploy bench`: QRNN vs LSTM (onnxruntime and PyTorch), encoding and streaming, with the
 machine's floors; a table with ratios to the LSTM, CSV, JSON and PNG plots."""
 
-from pathlib import Path
 from typing import Optional
 
 import typer
 
 from qrnn_deploy.cli.app import app
+from qrnn_deploy.cli.options import check_threads, threads_option
 
 
 @app.command()
 def bench(quick: bool = typer.Option(False, "--quick", help="Fewer sizes and repeats: under 2 minutes on 2 cores."),
-          threads: Optional[int] = typer.Option(None, "--threads", help="Threads for onnxruntime and PyTorch "
-                                                "(default: all cores)."),
-          out: Path = typer.Option(Path("bench-results"), "--out", help="Directory for bench.csv, bench.json, bench.md "
-                                   "and the PNG plots."),
+          threads: Optional[int] = threads_option(None, "Threads for onnxruntime and PyTorch (default: all cores)."),
+          out: str = typer.Option("bench-results", "--out", help="Directory for bench.csv, bench.json, bench.md "
+                                  "and the PNG plots."),
           no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG plots."),
           smoke: bool = typer.Option(False, "--smoke", hidden=True, help="Seconds-long run for tests "
                                      "(also: QRNN_BENCH_SMOKE=1)."),
@@ -32,6 +31,9 @@ def bench(quick: bool = typer.Option(False, "--quick", help="Fewer sizes and rep
     if "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from qrnn_deploy.benchmark import run, smoke_requested
+    from qrnn_deploy.paths import output_dir
 
+    check_threads(threads)
+    out = output_dir(out, "--out directory")  # before the run, not after it
     mode = "smoke" if smoke or smoke_requested() else ("quick" if quick else "full")
     run(mode, threads=threads, out_dir=out, show_progress=not no_progress, plots=not no_plots)

@@ -25,12 +25,17 @@ def build_engine(bundle: str = typer.Argument(..., help="A bundle directory (qrn
                      help="Path of libqrnn_trt_plugin.so on the Triton server (--plugin library only).")):
     """Build one TensorRT engine per graph (profiles: chunk 1 for decoding, 1..max-chunk for chunks)
     and list them in the bundle's manifest. Needs TensorRT and an NVIDIA GPU."""
+    from qrnn_deploy.errors import ExportError
+    from qrnn_deploy.paths import output_dir
+
+    if triton is not None:  # before minutes of engine building
+        output_dir(triton, "--triton directory", ExportError, create=False)
     from qrnn_deploy.export.tensorrt_engine import build_engines
 
     manifest = build_engines(bundle, fp16=fp16, max_batch=max_batch, max_chunk=max_chunk, max_source=max_source,
                              plugin=plugin, log=typer.echo)
     typer.echo(f"manifest: {len(manifest.engines)} engine(s) recorded in {bundle}/manifest.json")
-    if triton:
+    if triton is not None:
         from qrnn_deploy.export.triton import write_model_repository
 
         for cfg in write_model_repository(bundle, triton, backend="tensorrt", op_library=triton_op_library):

@@ -14,6 +14,7 @@ from typing import Callable, Optional, Sequence
 import typer
 
 from qrnn_deploy.cli.app import app
+from qrnn_deploy.cli.options import check_at_least, check_threads, threads_option
 
 
 def target_limit(source_len: int) -> int:
@@ -117,15 +118,21 @@ def evaluate(model: Path = typer.Argument(..., help="A checkpoint (.safetensors)
              split: str = typer.Option("test", "--split", help="test or valid."),
              data_file: Optional[Path] = typer.Option(None, "--data-file", help="A dictionary file in the "
                                                       "trans-de-en format instead of the installed one."),
-             threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads."),
-             show: int = typer.Option(5, "--show", help="Print this many example translations."),
-             json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the scores here as JSON.")):
+             threads: Optional[int] = threads_option(None, "CPU threads."),
+             show: int = typer.Option(5, "--show", help="Print this many example translations (0 = none)."),
+             json_out: Optional[str] = typer.Option(None, "--json", help="Also write the scores here as JSON.")):
     """BLEU and chrF (sacrebleu) on the de-en test split, beside copying the source."""
     from qrnn_deploy.data.scoring import format_scores
     from qrnn_deploy.errors import ConfigError
+    from qrnn_deploy.paths import output_file
 
     if split not in ("test", "valid"):
         raise ConfigError(f"--split must be test or valid, got {split!r}")
+    check_at_least(limit, "--limit", 1)
+    check_at_least(show, "--show", 0)
+    check_threads(threads)
+    if json_out is not None:  # before decoding for minutes
+        output_file(json_out, "--json file")
     s = evaluate_model(model, limit, beam, data_file, split, threads, show)
     for ex in s["examples"]:
         typer.echo(f"  {ex['de']}  ->  {ex['hyp']}   (ref: {ex['ref']})")
@@ -133,4 +140,4 @@ def evaluate(model: Path = typer.Argument(..., help="A checkpoint (.safetensors)
                f"in {s['decode_seconds']} s")
     typer.echo(format_scores(s))
     if json_out is not None:
-        json_out.write_text(json.dumps(s, indent=1, ensure_ascii=False))
+        Path(json_out).write_text(json.dumps(s, indent=1, ensure_ascii=False))

@@ -20,6 +20,13 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def _figure(x) -> str:
+    """A number of the manifest's metadata as written by export; anything else as it is."""
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return f"{x:.2e}"
+    return "?" if x is None else repr(x)
+
+
 @app.command()
 def export(checkpoint: str = typer.Argument(..., help="A checkpoint written by qrnn_deploy.nn.save_checkpoint."),
            out: str = typer.Option(..., "--out", "-o", help="The bundle directory to write."),
@@ -40,11 +47,23 @@ def export(checkpoint: str = typer.Argument(..., help="A checkpoint written by q
                                                  "default: the library built here).")):
     """Export a checkpoint as a bundle: manifest.json plus one streaming ONNX graph per role."""
     from qrnn_deploy.errors import CheckpointError, ExportError
+    from qrnn_deploy.paths import output_dir
 
     if fo_pool not in ("custom", "portable"):
         raise ExportError(f"--fo-pool must be 'custom' or 'portable', got {fo_pool!r}")
-    if not Path(checkpoint).is_file():  # before importing torch: a typo fails at once
+    # Before importing torch and converting: a typo fails at once, and no bundle is written for a
+    # Triton repository that cannot be.
+    if not Path(checkpoint).is_file():
+        if Path(checkpoint).is_dir():
+            raise CheckpointError(f"{checkpoint} is a directory, not a checkpoint file (.safetensors)")
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
+    output_dir(out, "bundle directory", ExportError, create=False)
+    if triton is not None:
+        output_dir(triton, "--triton directory", ExportError, create=False)
+        if fo_pool == "custom" and not triton_op_library:
+            from qrnn_deploy import _native
+
+            triton_op_library = _native.ort_library_path()
     from qrnn_deploy.export import export_bundle
     from qrnn_deploy.nn import load_checkpoint
 
@@ -65,13 +84,9 @@ def export(checkpoint: str = typer.Argument(..., help="A checkpoint written by q
                    f"max |chunked - whole| = {v['max_chunked_vs_whole']:.2e} (tolerance {v['tolerance']:g})")
     else:
         typer.echo("not verified (--no-verify)")
-    if triton:
+    if triton is not None:
         from qrnn_deploy.export.triton import write_model_repository
 
-        if fo_pool == "custom" and not triton_op_library:
-            from qrnn_deploy import _native
-
-            triton_op_library = _native.ort_library_path()
         for cfg in write_model_repository(out_dir, triton, op_library=triton_op_library):
             typer.echo(f"wrote Triton model {cfg.parent.name}: {cfg}")
 
@@ -118,8 +133,7 @@ def info(bundle: str = typer.Argument(..., help="A bundle directory.")):
     v = meta.pop("verification", None)
     if v:
         echo(f"verified    on {v.get('engine')}: {v.get('cases')} cases, max |onnx - torch| = "
-             f"{v.get('max_abs_error', float('nan')):.2e}, max |chunked - whole| = "
-             f"{v.get('max_chunked_vs_whole', float('nan')):.2e}")
+             f"{_figure(v.get('max_abs_error'))}, max |chunked - whole| = {_figure(v.get('max_chunked_vs_whole'))}")
     else:
         echo("verified    no")
     meta.pop("sizes", None)

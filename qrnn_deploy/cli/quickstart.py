@@ -19,6 +19,7 @@ from typing import Optional
 import typer
 
 from qrnn_deploy.cli.app import app
+from qrnn_deploy.cli.options import check_at_least, check_positive, check_threads, threads_option
 
 # Used only when the dictionary is not installed (then nothing can be scored): sentences written
 # for this project, not taken from the dictionary.
@@ -53,14 +54,14 @@ def held_out_sentences(test_pairs, n: int) -> list[tuple[str, str]]:
 
 
 @app.command()
-def quickstart(out: Path = typer.Option(Path("qrnn-quickstart"), "--out", help="Directory for everything it writes."),
+def quickstart(out: str = typer.Option("qrnn-quickstart", "--out", help="Directory for everything it writes."),
                train_minutes: Optional[float] = typer.Option(None, "--train-minutes",
                                                              help="Train a fresh model for this many minutes first "
                                                                   "(default: use the shipped pretrained model)."),
                limit: int = typer.Option(500, "--limit", help="Score on a stable sample of this many test pairs."),
                examples: int = typer.Option(5, "--examples", help="Held-out sentences to translate, streaming."),
                fo_pool: str = typer.Option("custom", "--fo-pool", help="custom (FoPool op) or portable."),
-               threads: int = typer.Option(2, "--threads", help="CPU threads."),
+               threads: int = threads_option(2, "CPU threads."),
                data_file: Optional[Path] = typer.Option(None, "--data-file", help="A dictionary file in the "
                                                         "trans-de-en format instead of the installed one."),
                seed: int = typer.Option(1, "--seed", help="Seed of a --train-minutes run."),
@@ -71,15 +72,24 @@ def quickstart(out: Path = typer.Option(Path("qrnn-quickstart"), "--out", help="
 
     import torch
 
-    from qrnn_deploy.data.dictionary import load_splits
+    from qrnn_deploy.data.dictionary import dictionary_path, load_splits
     from qrnn_deploy.data.scoring import format_scores, sample_pairs, score
     from qrnn_deploy.errors import BuildError, DataError
     from qrnn_deploy.export import export_bundle
     from qrnn_deploy.nn import load_checkpoint
+    from qrnn_deploy.paths import output_dir
 
+    check_positive(train_minutes, "--train-minutes")
+    check_at_least(limit, "--limit", 1)
+    check_at_least(examples, "--examples", 0)
+    check_at_least(hidden, "--hidden", 1)
+    check_at_least(layers, "--layers", 1)
+    check_threads(threads)
+    if data_file is not None:
+        dictionary_path(data_file)  # a file the user names must be there (the default may be absent)
+    out = output_dir(out, "--out directory")
     echo = typer.echo
-    torch.set_num_threads(max(1, threads))
-    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(threads)
     t_start = time.perf_counter()
     summary: dict = {"out": str(out)}
 
@@ -132,6 +142,8 @@ def quickstart(out: Path = typer.Option(Path("qrnn-quickstart"), "--out", help="
     try:
         splits = splits if splits is not None else load_splits(data_file)
     except DataError as e:
+        if data_file is not None:
+            raise
         echo(f"[3/5] not scored: {e}")
         splits = None
     if splits is not None:

@@ -5,13 +5,14 @@ from typing import Optional
 import typer
 
 from qrnn_deploy.cli.app import app
+from qrnn_deploy.cli.options import LOG_LEVELS, check_threads, threads_option
 
 
 @app.command()
 def serve(bundle: str = typer.Argument(..., help="Seq2seq bundle directory (written by `qrnn-deploy export`)."),
           host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback unless you say otherwise)."),
           port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
-          threads: Optional[int] = typer.Option(None, "--threads", min=1, help="onnxruntime intra-op threads."),
+          threads: Optional[int] = threads_option(None, "onnxruntime intra-op threads."),
           backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime or tensorrt."),
           max_streams: int = typer.Option(256, "--max-streams", min=1,
                                           help="Open streams (WebSocket + HTTP) at once; more are refused (1013 / 503)."),
@@ -21,7 +22,8 @@ def serve(bundle: str = typer.Argument(..., help="Seq2seq bundle directory (writ
           beam: int = typer.Option(1, "--beam", "-k", min=1, help="Default beam size (1 = greedy)."),
           max_beam: int = typer.Option(8, "--max-beam", min=1, help="Largest beam a request may ask for."),
           max_len: int = typer.Option(200, "--max-len", min=1, help="Most target symbols per sentence."),
-          length_penalty: float = typer.Option(1.0, "--length-penalty", help="Beam: score / (len + 1) ** this."),
+          length_penalty: float = typer.Option(1.0, "--length-penalty",
+                                               help="Beam: score / (len + 1) ** this (0..10)."),
           max_message_bytes: int = typer.Option(65536, "--max-message-bytes", min=64,
                                                 help="Largest client message or HTTP body."),
           max_source_chars: int = typer.Option(2000, "--max-source-chars", min=1,
@@ -46,11 +48,16 @@ def serve(bundle: str = typer.Argument(..., help="Seq2seq bundle directory (writ
           switch_interval_ms: float = typer.Option(0.2, "--switch-interval-ms", min=0.01,
                                                    help="Python's GIL switch interval in this process "
                                                         "(CPython's default is 5 ms)."),
-          log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+          log_level: str = typer.Option("info", "--log-level",
+                                        help="uvicorn log level: " + ", ".join(LOG_LEVELS) + "."),
           access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log every HTTP request.")):
     """Serve a seq2seq bundle: WebSocket streaming, HTTP translation, metrics and a live page at /."""
+    from qrnn_deploy.errors import ConfigError
     from qrnn_deploy.serve import ServeConfig, run_server
 
+    if log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    check_threads(threads)
     cfg = ServeConfig(beam=beam, max_beam=max(max_beam, beam), max_len=max_len, length_penalty=length_penalty,
                       max_streams=max_streams, max_message_bytes=max_message_bytes,
                       max_source_chars=max_source_chars, idle_timeout=idle_timeout, send_timeout=send_timeout,
@@ -59,5 +66,5 @@ def serve(bundle: str = typer.Argument(..., help="Seq2seq bundle directory (writ
                       drain_timeout=drain_timeout, api_key=api_key).validate()
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
-    run_server(bundle, cfg, host=host, port=port, threads=threads, backend=backend, log_level=log_level,
+    run_server(bundle, cfg, host=host, port=port, threads=threads, backend=backend, log_level=log_level.lower(),
                access_log=access_log, switch_interval=switch_interval_ms / 1000)

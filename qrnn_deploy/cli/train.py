@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from qrnn_deploy.cli.app import app
+from qrnn_deploy.cli.options import check_at_least, check_positive, check_threads, threads_option
 
 
 @app.command()
@@ -16,7 +17,7 @@ def train(
     minutes: Optional[float] = typer.Option(None, "--minutes", help="Training time (excluding validation). "
                                             "Default 10, unless --steps is given."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Stop after this many steps (with or without --minutes)."),
-    out: Path = typer.Option(Path("runs/de-en"), "--out", help="Run directory: checkpoints, training state, log."),
+    out: str = typer.Option("runs/de-en", "--out", help="Run directory: checkpoints, training state, log."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     seed: int = typer.Option(1, "--seed", help="Random seed (weights and batch order)."),
@@ -25,8 +26,8 @@ def train(
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Padded symbols per batch (default 6000)."),
     valid_every: Optional[float] = typer.Option(None, "--valid-every", help="Seconds of training between "
                                                 "validations + checkpoints (default 300)."),
-    threads: int = typer.Option(2, "--threads", help="CPU threads for PyTorch; 0 = measure 1 vs 2 every "
-                                "200 steps and use the faster (for a CPU shared with other jobs)."),
+    threads: int = threads_option(2, "CPU threads for PyTorch; 0 = measure 1 vs 2 every 200 steps and use the "
+                                  "faster (for a CPU shared with other jobs)."),
     data_file: Optional[Path] = typer.Option(None, "--data-file", help="A dictionary file in the trans-de-en "
                                              "format instead of the installed /usr/share/trans/de-en."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
@@ -37,13 +38,20 @@ def train(
     from qrnn_deploy.data.dictionary import load_splits
     from qrnn_deploy.errors import ConfigError
     from qrnn_deploy.nn.train import TrainConfig, train as run_train
+    from qrnn_deploy.paths import output_dir
 
     if task != "de-en":
         raise ConfigError(f"--task {task!r} is not known; the only task is 'de-en'")
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
-    torch.set_num_threads(max(1, threads or 1))
+    check_positive(minutes, "--minutes")
+    for option, value in (("--steps", steps), ("--hidden", hidden), ("--layers", layers), ("--max-tokens", max_tokens)):
+        check_at_least(value, option, 1)
+    check_threads(threads, minimum=0)
+    check_positive(valid_every, "--valid-every")
+    torch.set_num_threads(max(1, threads))
     splits = load_splits(data_file)
+    out = output_dir(out, "--out directory")
     cfg = TrainConfig(seed=seed)
     for name, val in (("hidden_size", hidden), ("num_layers", layers), ("max_tokens", max_tokens),
                       ("valid_every_s", valid_every)):

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from qrnn_deploy.cli.app import app
+from qrnn_deploy.cli.options import check_length_penalty, check_threads, threads_option
 
 
 @app.command()
@@ -17,14 +18,16 @@ def translate(bundle: str = typer.Argument(..., help="Bundle directory (written 
               beam: int = typer.Option(1, "--beam", "-k", min=1, help="Beam size (1 = greedy)."),
               max_len: int = typer.Option(200, "--max-len", min=1, help="Most target symbols per sentence."),
               length_penalty: float = typer.Option(1.0, "--length-penalty",
-                                                   help="Beam: scores are divided by (len + 1) ** this."),
-              threads: Optional[int] = typer.Option(None, "--threads", min=1, help="onnxruntime intra-op threads."),
+                                                   help="Beam: scores are divided by (len + 1) ** this (0..10)."),
+              threads: Optional[int] = threads_option(None, "onnxruntime intra-op threads."),
               backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime or tensorrt.")):
     """Translate TEXT (or each line of stdin) with a seq2seq bundle, printing tokens as they come."""
     import sys
 
     from qrnn_deploy.runtime import load_bundle
 
+    check_threads(threads)
+    check_length_penalty(length_penalty)
     translator = load_bundle(bundle, backend=backend, threads=threads).translator()
     out = sys.stdout
 

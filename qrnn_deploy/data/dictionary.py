@@ -164,6 +164,10 @@ def dictionary_path(path=None) -> Path:
     if not p.is_file():
         if path is None:
             raise DataError(f"the German-English dictionary {p} is missing: {INSTALL_HINT}")
+        if p.is_dir():
+            raise DataError(f"data file {p} is a directory, not a dictionary file")
+        if p.exists():
+            raise DataError(f"data file {p} is not a regular file")
         raise DataError(f"data file not found: {p}")
     return p
 
@@ -180,6 +184,8 @@ def load_pairs(path=None, stats: Optional[ParseStats] = None) -> list[tuple[str,
     with open(p, encoding="utf-8", errors="replace") as f:
         pairs = parse_lines(f, stats)
     if not pairs:
+        if p.stat().st_size == 0:
+            raise DataError(f"data file {p} is empty")
         raise DataError(f"{p} holds no German :: English pairs (is it the trans-de-en dictionary?)")
     _CACHE[key] = pairs
     return pairs

@@ -7,7 +7,6 @@ whose export failed never holds a manifest that a runtime would load.
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 from typing import Optional, Union
 
@@ -20,6 +19,7 @@ from qrnn_deploy.errors import ConfigError, ExportError
 from qrnn_deploy.export.graphs import model_graphs
 from qrnn_deploy.export.nodes import VARIANTS
 from qrnn_deploy.export.schema import FO_POOL_DOMAIN, FO_POOL_OP, FO_POOL_VERSION, register_fo_pool_schema
+from qrnn_deploy.paths import output_dir
 from qrnn_deploy.vocab import BOS, EOS, PAD, UNK, CharVocab
 
 DEFAULT_OPSET = 17
@@ -43,7 +43,7 @@ def _vocab_json(value, where: str) -> dict:
     try:
         return CharVocab.from_json(value).to_json()
     except ConfigError as e:
-        raise ExportError(f"{where}: {e}") from None
+        raise ExportError(f"cannot export the {where}: {e}") from None
 
 
 def resolve_vocab(model, vocab=None) -> Optional[dict]:
@@ -75,19 +75,17 @@ def resolve_vocab(model, vocab=None) -> Optional[dict]:
     return out
 
 
-def _prepare_dir(out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"cannot write the bundle: {out_dir} exists and is not a directory")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ExportError(f"cannot create the bundle directory {out_dir}: {e.strerror}") from None
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise ExportError(f"cannot write the bundle: {out_dir} is not writable")
+def _prepare_dir(out_dir) -> Path:
+    out_dir = output_dir(out_dir, "bundle directory", ExportError)
     stale = out_dir / MANIFEST_NAME
-    if stale.exists():
+    if stale.is_dir() or (stale.exists() and not stale.is_file()):
+        raise ExportError(f"cannot write the bundle: {stale} exists and is not a file")
+    try:
         # An old manifest must not describe new graphs if this export fails half way.
-        stale.unlink()
+        stale.unlink(missing_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot replace {stale}: {e.strerror or e}") from None
+    return out_dir
 
 
 def export_bundle(model, out_dir: Union[str, Path], fo_pool: str = "custom", opset: Optional[int] = None,
@@ -114,8 +112,7 @@ def export_bundle(model, out_dir: Union[str, Path], fo_pool: str = "custom", ops
     model = copy.deepcopy(model).float().eval()
     graphs = model_graphs(model, fo_pool, opset, node_attrs)
 
-    out_dir = Path(out_dir)
-    _prepare_dir(out_dir)
+    out_dir = _prepare_dir(out_dir)
     if fo_pool == "custom":
         register_fo_pool_schema()
     paths, specs = {}, {}

@@ -83,6 +83,12 @@ def build_engines(bundle_dir, fp16: bool = False, max_batch: int = 8, max_chunk:
         raise ExportError(f"--plugin must be one of {PLUGIN_MODES}, got {plugin!r}")
     bundle_dir = Path(bundle_dir)
     manifest = load_manifest(bundle_dir)
+    quant = manifest.metadata.get("quantization") if isinstance(manifest.metadata, dict) else None
+    if quant:
+        scheme = quant.get("scheme") if isinstance(quant, dict) else quant
+        raise BuildError(f"{bundle_dir}: the bundle's weights are quantized ({scheme}, "
+                         "onnxruntime's MatMulNBits operator), which TensorRT cannot parse; build engines from a "
+                         "bundle exported without --quantize (TensorRT has its own int8 and fp16 modes)")
     for role in manifest.graphs:  # validate the options before the (slow) TensorRT import
         engine_profiles(manifest, role, max_batch, max_chunk, max_source)
     trt = import_tensorrt()

@@ -88,6 +88,8 @@ def read_checkpoint_metadata(path) -> dict:
 
     path = Path(path)
     if not path.is_file():
+        if path.is_dir():
+            raise CheckpointError(f"{path} is a directory, not a checkpoint file (.safetensors)")
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -128,6 +130,14 @@ def load_checkpoint(path, dtype: torch.dtype = torch.float32) -> nn.Module:
     if meta.get("quantization") == INT8_ROWWISE:
         tensors = _dequantize(path, tensors)
     tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
+    # load_state_dict would raise a RuntimeError listing every tensor; name the first one.
+    own = model.state_dict()
+    wrong = [(k, list(v.shape), list(own[k].shape)) for k, v in tensors.items() if k in own and v.shape != own[k].shape]
+    if wrong:
+        name, got, want = wrong[0]
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise CheckpointError(f"{path}: weights do not fit the config: tensor {name!r} has shape {got}, "
+                              f"the config needs {want}{more}")
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     # Tied weights are stored once; anything else missing is corruption.
     tied = {n for n in missing if _is_tied(model, n)}

@@ -29,6 +29,7 @@ from qrnn_deploy.errors import CheckpointError, ConfigError, DataError
 from qrnn_deploy.nn.batching import collate, greedy_decode_batch, make_batches
 from qrnn_deploy.nn.checkpoint import load_checkpoint, save_checkpoint
 from qrnn_deploy.nn.seq2seq import QRNNSeq2Seq
+from qrnn_deploy.paths import output_dir
 from qrnn_deploy.vocab import CharVocab, PAD
 
 
@@ -106,25 +107,48 @@ def save_train_state(out: Path, optimizer: torch.optim.Optimizer, info: dict) ->
     tmpj.replace(out / "state.json")
 
 
+# state.json keys a resumed run reads, with their JSON types.
+_STATE_KEYS = {"step": int, "epoch": int, "pos": int, "trained_s": (int, float), "target_chars": int,
+               "best_valid_loss": (int, float), "param_groups": list, "python_rng": list}
+
+
+def read_train_state_info(out: Path) -> dict:
+    """state.json of the run in `out`, checked; CheckpointError when it is missing or corrupt."""
+    path = out / "state.json"
+    if not path.is_file() or not (out / "state.safetensors").is_file():
+        raise CheckpointError(f"--resume: {out} holds no training state (state.json / state.safetensors); "
+                              "start without --resume")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"--resume: {path} is corrupt ({e}); start without --resume") from None
+    bad = [k for k, kind in _STATE_KEYS.items() if not isinstance(meta, dict) or not isinstance(meta.get(k), kind)]
+    if bad:
+        raise CheckpointError(f"--resume: {path} is corrupt (missing or malformed: {', '.join(bad)}); "
+                              "start without --resume")
+    return meta
+
+
 def load_train_state(out: Path, optimizer: torch.optim.Optimizer) -> dict:
     from safetensors.torch import load_file
 
-    if not (out / "state.json").is_file() or not (out / "state.safetensors").is_file():
-        raise CheckpointError(f"--resume: {out} holds no training state (state.json / state.safetensors); "
-                              "start without --resume")
-    meta = json.loads((out / "state.json").read_text())
-    tensors = load_file(str(out / "state.safetensors"))
-    sd = optimizer.state_dict()
-    state: dict = {}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            _, pid, name = k.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v
-    sd["state"] = state
-    for g, saved in zip(sd["param_groups"], meta["param_groups"]):
-        g.update({k: v for k, v in saved.items() if k != "params"})
-    optimizer.load_state_dict(sd)
-    torch.set_rng_state(tensors["rng.torch"])
+    meta = read_train_state_info(out)
+    try:
+        tensors = load_file(str(out / "state.safetensors"))
+        sd = optimizer.state_dict()
+        state: dict = {}
+        for k, v in tensors.items():
+            if k.startswith("opt."):
+                _, pid, name = k.split(".", 2)
+                state.setdefault(int(pid), {})[name] = v
+        sd["state"] = state
+        for g, saved in zip(sd["param_groups"], meta["param_groups"]):
+            g.update({k: v for k, v in saved.items() if k != "params"})
+        optimizer.load_state_dict(sd)
+        torch.set_rng_state(tensors["rng.torch"])
+    except Exception as e:  # safetensors and the optimizer raise many types for a damaged state
+        raise CheckpointError(f"--resume: the training state in {out} is corrupt ({type(e).__name__}: {e}); "
+                              "start without --resume") from None
     return meta
 
 
@@ -137,6 +161,14 @@ def _py_rng_to_json(state):
 
 def _py_rng_from_json(j):
     return (j[0], tuple(j[1]), j[2])
+
+
+def _set_py_rng(rng: random.Random, j, where: Path) -> None:
+    try:
+        rng.setstate(_py_rng_from_json(j))
+    except (IndexError, TypeError, ValueError) as e:
+        raise CheckpointError(f"--resume: {where / 'state.json'} is corrupt (python_rng: {e}); "
+                              "start without --resume") from None
 
 
 class ThreadChooser:
@@ -215,8 +247,7 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
     """
     if minutes is None and max_steps is None:
         raise ConfigError("train: give --minutes or max_steps")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out_dir, "run directory")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
@@ -225,6 +256,7 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
     if resume:
         if not (out / "last.safetensors").is_file():
             raise CheckpointError(f"--resume: {out / 'last.safetensors'} does not exist; start without --resume")
+        read_train_state_info(out)  # a damaged state fails now, not after the data is prepared
         model = load_checkpoint(out / "last.safetensors").train()
         extra = model.extra
         cfg = TrainConfig(**extra["train_config"])
@@ -244,7 +276,7 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
         meta = load_train_state(out, opt)
         step, epoch, pos = meta["step"], meta["epoch"], meta["pos"]
         trained_s, chars_total, best = meta["trained_s"], meta["target_chars"], meta["best_valid_loss"]
-        py_rng.setstate(_py_rng_from_json(meta["python_rng"]))
+        _set_py_rng(py_rng, meta["python_rng"], out)
     n_params = count_parameters(model)
     log(f"model: QRNNSeq2Seq {cfg.num_layers}x{cfg.hidden_size}, windows enc {cfg.encoder_window} "
         f"dec {cfg.decoder_window}, {n_params:,} parameters, vocab {len(vocab)}; "

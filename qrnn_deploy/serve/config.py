@@ -55,6 +55,7 @@ class ServeConfig:
             (self.beam >= 1, f"beam must be >= 1, got {self.beam}"),
             (self.max_beam >= self.beam, f"max_beam ({self.max_beam}) must be >= beam ({self.beam})"),
             (self.max_len >= 1, f"max_len must be >= 1, got {self.max_len}"),
+            (0 <= self.length_penalty <= 10, f"length_penalty must be in [0, 10], got {self.length_penalty}"),
             (self.max_streams >= 1, f"max_streams must be >= 1, got {self.max_streams}"),
             (self.max_message_bytes >= 64, f"max_message_bytes must be >= 64, got {self.max_message_bytes}"),
             (self.max_source_chars >= 1, f"max_source_chars must be >= 1, got {self.max_source_chars}"),

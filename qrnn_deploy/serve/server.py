@@ -16,6 +16,7 @@ from typing import Optional
 
 import uvicorn
 
+from qrnn_deploy.errors import BundleError
 from qrnn_deploy.serve.config import ServeConfig
 from qrnn_deploy.serve.state import ServerState
 
@@ -87,6 +88,10 @@ def run_server(bundle, cfg: Optional[ServeConfig] = None, host: str = "127.0.0.1
     sys.setswitchinterval(switch_interval)
     b = load_bundle(bundle, backend=backend, threads=threads)
     tr = b.translator()
+    if tr.src_vocab is None or tr.tgt_vocab is None:
+        # Every request is text: without a vocabulary each one would fail.
+        raise BundleError(f"{b.path}: this bundle has no vocabulary, so it cannot translate text; export it from "
+                          "a checkpoint that carries one")
     m = b.manifest
     info = {"bundle": str(b.path), "model_type": m.model_type, "fo_pool": m.fo_pool, "backend": backend,
             "config": m.config}
