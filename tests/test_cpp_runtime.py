@@ -123,6 +123,17 @@ def test_translate_matches_python_runtime(programs, bundles, python_reference, b
     assert translate_ids(programs, bundles[variant], "--beam", beam) == python_reference[beam]
 
 
+def test_quantized_bundle_matches_python_runtime(programs, model, tmp_path):
+    """An int8 bundle (onnxruntime's MatMulNBits; export --quantize int8) runs in the C++ runtime
+    and gives the Python runtime's tokens on the same bundle, greedy and beam."""
+    q = tmp_path / "int8"
+    export_bundle(model, q, fo_pool="custom", vocab=(SRC_VOCAB, TGT_VOCAB), quantize="int8", quantize_block=16)
+    tr = load_bundle(q, threads=1).translator()
+    for beam in (1, 4):
+        want = [tr.translate_ids(s, beam=beam, max_len=MAX_LEN) for s in SOURCES]
+        assert translate_ids(programs, q, "--beam", beam) == want
+
+
 @pytest.mark.parametrize("length_penalty", [0.0, 0.6, 2.0])
 def test_beam_length_penalty_matches_python_runtime(programs, bundles, length_penalty):
     tr = load_bundle(bundles["custom"], threads=1).translator()

@@ -90,3 +90,129 @@ def test_only_weight_matmuls_are_quantized():
         quantize_graph(model, block_size=100)
     with pytest.raises(ExportError, match="accuracy_level"):
         quantize_graph(model, accuracy_level=7)
+
+
+# -- quantized bundles -------------------------------------------------------------------------------
+
+from qrnn_deploy.export import export_bundle  # noqa: E402
+from qrnn_deploy.runtime import load_bundle  # noqa: E402
+from qrnn_deploy.vocab import CharVocab  # noqa: E402
+
+VOCAB = CharVocab.build(["abcdefghijklmnop "])
+SOURCES = ["abc def gh", "hello", "a", "pop mop", "ijkl mnop abc", "dead beef"]
+MAX_LEN = 25
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    """(model, float32 bundle, int8 bundle, int8 manifest) of one small random translator."""
+    from translators import random_translator
+
+    model = random_translator(len(VOCAB), len(VOCAB), 0)
+    root = tmp_path_factory.mktemp("quant")
+    export_bundle(model, root / "f32", fo_pool="custom", verify=False, vocab=VOCAB)
+    man = export_bundle(model, root / "int8", fo_pool="custom", vocab=VOCAB, quantize="int8", quantize_block=32)
+    return model, root / "f32", root / "int8", man
+
+
+def test_quantized_bundle_manifest_and_graphs(bundles):
+    _, f32, q8, man = bundles
+    q = man.metadata["quantization"]
+    assert q["scheme"] == "int8-block" and q["block_size"] == 32 and q["accuracy_level"] == 4
+    for role in ("encoder", "decoder"):
+        done, total = q["graphs"][role]["matmuls"]
+        assert done >= 2 and total >= done
+        proto = onnx.load(str(q8 / f"{role}.onnx"))
+        ops = [n.op_type for n in proto.graph.node]
+        assert ops.count("MatMulNBits") == done
+        inits = {t.name for t in proto.graph.initializer}
+        for n in proto.graph.node:  # no float weight matrix is left behind a MatMul
+            if n.op_type == "MatMul":
+                assert n.input[1] not in inits or min(
+                    next(t for t in proto.graph.initializer if t.name == n.input[1]).dims) < 16
+        assert (q8 / f"{role}.onnx").stat().st_size < (f32 / f"{role}.onnx").stat().st_size
+    v = man.metadata["verification_quantized"]
+    assert v["engine"] == "onnxruntime" and v["stream_tolerance"] == 1e-4 and v["max_chunked_vs_whole"] <= 1e-4 * 50
+    assert man.metadata["verification"]["tolerance"] == 1e-4  # the float graphs were checked first
+
+
+def test_quantized_bundle_is_close_to_float_and_streams(bundles):
+    _, f32, q8, _ = bundles
+    tf, tq = (load_bundle(b, threads=1).translator() for b in (f32, q8))
+    for s in SOURCES:
+        a, b = tf.stream(), tq.stream()
+        a.feed(s)
+        b.feed(s)
+        ma, mb = a.memory, b.memory
+        assert np.abs(ma - mb).max() <= 0.05 * max(1.0, np.abs(ma).max())
+        # Fed in pieces, the quantized encoder gives the same memory and the same translation.
+        c = tq.stream()
+        for i in range(0, len(s), 3):
+            c.feed(s[i:i + 3])
+        np.testing.assert_allclose(c.memory, mb, rtol=0, atol=1e-4 * max(1.0, np.abs(mb).max()))
+        d = c.decoder(max_len=MAX_LEN)
+        toks = [t for _ in range(MAX_LEN) if not d.done for t in tq.decode_batch().step([d])[0]]
+        assert toks == tq.translate_ids(s, max_len=MAX_LEN)
+
+
+def test_quantized_batches_of_two_or_more_give_the_same_tokens(bundles):
+    """int8 rows are independent for batches of two rows or more (onnxruntime's one-row kernel
+    rounds differently in the last bits), so any batch of >= 2 decoders gives the same tokens."""
+    tq = load_bundle(bundles[2], threads=1).translator()
+
+    def decoders():
+        out = []
+        for s in SOURCES:
+            st = tq.stream()
+            st.feed(s)
+            out.append(st.decoder(max_len=MAX_LEN))
+        return out
+
+    def run_all(groups):
+        got = {}
+        for group in groups:
+            ds = decoders()
+            batch = tq.decode_batch()
+            picked = [ds[i] for i in group]
+            toks = {i: [] for i in group}
+            while not all(d.done for d in picked):
+                for i, new in zip(group, batch.step(picked)):
+                    toks[i] += new
+            got.update(toks)
+        return [got[i] for i in range(len(SOURCES))]
+
+    together = run_all([list(range(len(SOURCES)))])
+    assert run_all([[0, 1], [2, 3], [4, 5]]) == together
+    assert run_all([[5, 3, 1], [0, 2, 4]]) == together
+    assert len({tuple(t) for t in together}) >= 3  # the model's outputs vary
+
+
+def test_cli_export_quantize_and_info(tmp_path, capsys):
+    from qrnn_deploy.cli import main
+    from qrnn_deploy.nn import save_checkpoint
+    from translators import random_translator
+
+    ckpt = save_checkpoint(random_translator(len(VOCAB), len(VOCAB), 4), tmp_path / "t.safetensors",
+                           extra={"vocab": VOCAB.to_json()})
+
+    def cli(*args):
+        with pytest.raises(SystemExit) as e:
+            main([str(a) for a in args])
+        out = capsys.readouterr()
+        return e.value.code, out.out, out.err
+
+    code, out, err = cli("export", ckpt, "-o", tmp_path / "b", "--quantize", "int8", "--quantize-block", 32)
+    assert code == 0, err
+    assert "quantized: int8-block, blocks of 32" in out and "quantized graphs verified" in out
+    code, out, _ = cli("info", tmp_path / "b")
+    assert code == 0 and "weights     int8-block, blocks of 32" in out
+    code, out, err = cli("translate", tmp_path / "b", "abc def")
+    assert code == 0 and out.count("\n") == 1, err
+    for args, needle in [(("--quantize", "int4"), "--quantize must be 'int8'"),
+                         (("--quantize", "int8", "--quantize-block", 48), "power of two"),
+                         (("--quantize", "int8", "--tensorrt"), "do not go together")]:
+        code, _, err = cli("export", ckpt, "-o", tmp_path / "c", *args)
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "c").exists()  # refused before anything was written
+    code, _, err = cli("build-engine", tmp_path / "b")
+    assert code == 2 and "quantized" in err and err.count("\n") == 1

@@ -36,6 +36,12 @@ def export(checkpoint: str = typer.Argument(..., help="A checkpoint written by q
            opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default 17)."),
            verify: bool = typer.Option(True, "--verify/--no-verify",
                                        help="Compare onnxruntime with the PyTorch model before writing the manifest."),
+           quantize: Optional[str] = typer.Option(None, "--quantize",
+                                                  help="int8: weight matrices as 8-bit blocks with int8 products "
+                                                       "(about 1/4 of the size; onnxruntime's MatMulNBits, so the "
+                                                       "bundle runs on onnxruntime only)."),
+           quantize_block: int = typer.Option(128, "--quantize-block",
+                                              help="--quantize: weights per scale (a power of two >= 16)."),
            tensorrt: bool = typer.Option(False, "--tensorrt",
                                          help="Give FoPool nodes the plugin_version / plugin_namespace attributes "
                                               "TensorRT's ONNX parser uses to find the FoPool plugin."),
@@ -51,6 +57,13 @@ def export(checkpoint: str = typer.Argument(..., help="A checkpoint written by q
 
     if fo_pool not in ("custom", "portable"):
         raise ExportError(f"--fo-pool must be 'custom' or 'portable', got {fo_pool!r}")
+    if quantize not in (None, "int8"):
+        raise ExportError(f"--quantize must be 'int8', got {quantize!r}")
+    if quantize_block < 16 or quantize_block & (quantize_block - 1):
+        raise ExportError(f"--quantize-block must be a power of two >= 16, got {quantize_block}")
+    if quantize and tensorrt:
+        raise ExportError("--quantize and --tensorrt do not go together: TensorRT cannot parse the quantized "
+                          "weights (onnxruntime's MatMulNBits); TensorRT has its own int8 and fp16 modes")
     # Before importing torch and converting: a typo fails at once, and no bundle is written for a
     # Triton repository that cannot be.
     if not Path(checkpoint).is_file():
@@ -71,7 +84,8 @@ def export(checkpoint: str = typer.Argument(..., help="A checkpoint written by q
     from qrnn_deploy.export.tensorrt_nodes import tensorrt_node_attrs
 
     manifest = export_bundle(model, out, fo_pool=fo_pool, opset=opset, verify=verify,
-                             node_attrs=tensorrt_node_attrs() if tensorrt else None)
+                             node_attrs=tensorrt_node_attrs() if tensorrt else None, quantize=quantize,
+                             quantize_block=quantize_block)
     out_dir = Path(out)
     typer.echo(f"wrote {out_dir}/ ({manifest.model_type}, fo_pool={manifest.fo_pool}, opset {manifest.opset})")
     for role, g in manifest.graphs.items():
@@ -84,6 +98,18 @@ def export(checkpoint: str = typer.Argument(..., help="A checkpoint written by q
                    f"max |chunked - whole| = {v['max_chunked_vs_whole']:.2e} (tolerance {v['tolerance']:g})")
     else:
         typer.echo("not verified (--no-verify)")
+    q = manifest.metadata.get("quantization")
+    if q:
+        before = sum(g["weight_bytes"][0] for g in q["graphs"].values())
+        after = sum(g["weight_bytes"][1] for g in q["graphs"].values())
+        typer.echo(f"quantized: {q['scheme']}, blocks of {q['block_size']}, "
+                   f"{sum(g['matmuls'][0] for g in q['graphs'].values())} weight matrices, "
+                   f"{_size(before)} -> {_size(after)}")
+        vq = manifest.metadata.get("verification_quantized")
+        if vq:
+            typer.echo(f"quantized graphs verified: max |onnx - torch| = {vq['max_abs_error']:.2e} (tolerance "
+                       f"{vq['tolerance']:g} x the reference's range), max |chunked - whole| = "
+                       f"{vq['max_chunked_vs_whole']:.2e}")
     if triton is not None:
         from qrnn_deploy.export.triton import write_model_repository
 
@@ -108,6 +134,12 @@ def info(bundle: str = typer.Argument(..., help="A bundle directory.")):
     else:
         echo("fo_pool     portable (standard ONNX operators)")
     echo(f"opset       {m.opset}")
+    q = m.metadata.get("quantization")
+    if isinstance(q, dict):
+        echo(f"weights     {q.get('scheme')}, blocks of {q.get('block_size')} (onnxruntime's MatMulNBits; "
+             "onnxruntime only)")
+    else:
+        echo("weights     float32")
     echo("config      " + ", ".join(f"{k}={v}" for k, v in m.config.items()))
     if m.vocab:
         vocabs = m.vocab if "src" in m.vocab else {"": m.vocab}

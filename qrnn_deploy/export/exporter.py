@@ -75,6 +75,13 @@ def resolve_vocab(model, vocab=None) -> Optional[dict]:
     return out
 
 
+# Quantized graphs against the float model. int8 weights and activations move outputs by about a
+# percent of their range on the shipped translator and up to ~5% on small random test models with
+# inflated weights; a broken quantization (wrong layout or scale) is off by the whole range. This
+# bound catches the latter; how much quality int8 costs is measured by benchmarks/bench_quantize.py.
+QUANTIZED_TOL = 0.1
+
+
 def _prepare_dir(out_dir) -> Path:
     out_dir = output_dir(out_dir, "bundle directory", ExportError)
     stale = out_dir / MANIFEST_NAME
@@ -88,9 +95,27 @@ def _prepare_dir(out_dir) -> Path:
     return out_dir
 
 
+def _quantize_graphs(graphs: dict, paths: dict, block_size: int) -> dict:
+    """Rewrites each graph file with int8 block weights; returns the manifest's quantization entry."""
+    from qrnn_deploy.export.quantize import quantize_graph
+
+    entry: dict = {"graphs": {}}
+    for role, (proto, _) in graphs.items():
+        qproto, rep = quantize_graph(proto, block_size=block_size)
+        try:
+            onnx.save_model(qproto, str(paths[role]))
+        except OSError as e:
+            raise ExportError(f"cannot write {paths[role]}: {e.strerror}") from None
+        for key in ("scheme", "block_size", "accuracy_level"):
+            entry[key] = rep[key]
+        entry["graphs"][role] = {"matmuls": rep["matmuls"], "weight_bytes": rep["weight_bytes"]}
+    return entry
+
+
 def export_bundle(model, out_dir: Union[str, Path], fo_pool: str = "custom", opset: Optional[int] = None,
                   verify: bool = True, vocab=None, tol: float = 1e-4, node_attrs: Optional[dict] = None,
-                  verify_engine: str = "auto") -> Manifest:
+                  verify_engine: str = "auto", quantize: Optional[str] = None, quantize_block: int = 128,
+                  quantized_tol: float = QUANTIZED_TOL) -> Manifest:
     """Writes `model` (QRNNLanguageModel -> "lm", QRNNClassifier -> "classifier", QRNNSeq2Seq ->
     "encoder" + "decoder") as a bundle in `out_dir` and returns its manifest.
 
@@ -100,10 +125,18 @@ def export_bundle(model, out_dir: Union[str, Path], fo_pool: str = "custom", ops
     verify: compare onnxruntime with the PyTorch model (qrnn_deploy.export.verify); the figures
     go to manifest.metadata["verification"]. Raises ExportError (unsupported model or options,
     unwritable directory) or VerificationError.
+    quantize: None (float32 weights) or "int8": weight matrices as 8-bit blocks of `quantize_block`
+    values (qrnn_deploy.export.quantize; onnxruntime's MatMulNBits, so such a bundle runs on
+    onnxruntime only). The float32 graphs are verified first at `tol`; then the quantized ones
+    against the model at `quantized_tol` (x max(1, |reference|)), with chunked streaming still
+    equal to one pass at `tol`. metadata["quantization"] records the scheme and sizes,
+    metadata["verification_quantized"] the second check's figures.
     """
     if fo_pool not in VARIANTS:
         raise ExportError(f"fo_pool must be one of {VARIANTS}, got {fo_pool!r}")
     opset = _check_opset(opset)
+    if quantize not in (None, "int8"):
+        raise ExportError(f"quantize must be None or 'int8', got {quantize!r}")
     if not isinstance(model, torch.nn.Module) or getattr(model, "model_type", None) is None:
         raise ExportError(f"cannot export {type(model).__name__}: not a qrnn_deploy.nn model")
     vocab_entry = resolve_vocab(model, vocab)
@@ -136,6 +169,15 @@ def export_bundle(model, out_dir: Union[str, Path], fo_pool: str = "custom", ops
         from qrnn_deploy.export.verify import verify_graphs
 
         metadata["verification"] = verify_graphs(model, paths, specs, fo_pool, tol=tol, engine=verify_engine)
+    if quantize:
+        metadata["quantization"] = _quantize_graphs(graphs, paths, quantize_block)
+        metadata["sizes"] = {role: p.stat().st_size for role, p in paths.items()}
+        if verify:
+            from qrnn_deploy.export.verify import verify_graphs
+
+            # MatMulNBits is an onnxruntime operator: the reference evaluator cannot check it.
+            metadata["verification_quantized"] = verify_graphs(model, paths, specs, fo_pool, tol=quantized_tol,
+                                                               engine="onnxruntime", stream_tol=tol)
 
     manifest = Manifest(
         model_type=model.model_type, fo_pool=fo_pool, graphs=specs, config=dict(model.config.__dict__),
