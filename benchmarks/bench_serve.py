@@ -30,6 +30,7 @@ at 1 stream is the server's TPOT over the raw runtime's time per token (medians 
 sentences; target <= 1.2), and the server process's CPU per token over the raw thread's.
 
     python3 benchmarks/bench_serve.py [--seconds 8 --tokens 60 --clients 1,8,32,128 --rounds 30 --threads 1]
+                                      [--quantize int8]
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ SENTENCES = [
 ]
 
 
-def build_bundle(out: Path, fo_pool: str, seed: int = 0) -> dict:
+def build_bundle(out: Path, fo_pool: str, seed: int = 0, quantize: str = None) -> dict:
     import torch
 
     from qrnn_deploy.export import export_bundle
@@ -77,8 +78,8 @@ def build_bundle(out: Path, fo_pool: str, seed: int = 0) -> dict:
 
         model = load_checkpoint(ckpt)
         model = model[0] if isinstance(model, tuple) else model
-        export_bundle(model, out, fo_pool=fo_pool, verify=False)
-        return {"model": f"shipped {ckpt.name}", "suppress_eos": False}
+        export_bundle(model, out, fo_pool=fo_pool, verify=False, quantize=quantize)
+        return {"model": f"shipped {ckpt.name}" + (f", {quantize} weights" if quantize else ""), "suppress_eos": False}
     torch.manual_seed(seed)
     vocab = CharVocab.build(SENTENCES + ["the quick brown fox jumps over the lazy dog THE QUICK BROWN FOX 0123456789"])
     V = len(vocab)
@@ -87,8 +88,9 @@ def build_bundle(out: Path, fo_pool: str, seed: int = 0) -> dict:
     with torch.no_grad():  # random weights: keep every sentence decoding the full length
         model.out.bias[EOS] -= 30
         model.out.bias[BOS] -= 30
-    export_bundle(model, out, fo_pool=fo_pool, verify=False, vocab=vocab)
-    return {"model": f"random QRNNSeq2Seq 4x320 (vocab {V}), </s> suppressed", "suppress_eos": True}
+    export_bundle(model, out, fo_pool=fo_pool, verify=False, vocab=vocab, quantize=quantize)
+    return {"model": f"random QRNNSeq2Seq 4x320 (vocab {V}), </s> suppressed" + (f", {quantize} weights" if quantize else ""),
+            "suppress_eos": True}
 
 
 def raw_sentence(translator, sentence: str, tokens: int, pieces: list) -> dict:
@@ -319,6 +321,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30, help="1-stream sentences interleaved with the raw runtime.")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (server and baseline).")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quantize", choices=["int8"], help="Serve (and measure the baselines on) an int8 bundle.")
     ap.add_argument("--build-only", metavar="DIR", help=argparse.SUPPRESS)
     args = ap.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
@@ -332,14 +335,15 @@ def main() -> None:
         except Exception:
             fo_pool = "portable"
     if args.build_only:
-        print(json.dumps(build_bundle(Path(args.build_only), fo_pool, args.seed)))
+        print(json.dumps(build_bundle(Path(args.build_only), fo_pool, args.seed, args.quantize)))
         return
     tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     bundle = tmp / "bundle"
     # torch stays out of this process: its idle OpenMP threads would take CPU from the server
     # (measured: the server's first-token time tripled on 2 cores after one torch matmul here).
     r = subprocess.run([sys.executable, __file__, "--build-only", str(bundle), "--fo-pool", fo_pool,
-                        "--seed", str(args.seed)], capture_output=True, text=True, cwd=str(REPO),
+                        "--seed", str(args.seed)] + (["--quantize", args.quantize] if args.quantize else []),
+                       capture_output=True, text=True, cwd=str(REPO),
                        env=dict(os.environ, PYTHONPATH=str(REPO)))
     if r.returncode != 0:
         raise SystemExit(f"building the bundle failed:\n{r.stderr}")
