@@ -289,26 +289,29 @@ class Engine:
             self.metrics.decoding.dec()
 
     def _apply_all(self, cmds: list, out: list) -> None:
-        """Applies commands in arrival order. Source pieces waiting together are encoded together:
-        the pieces of one translation are joined into one (encoding "ab" then "cd" is encoding
-        "abcd"), and those of different translations go into one `feed_batch` call when the
-        model has it. Pieces are encoded before any later end or close of any translation."""
+        """Applies the commands taken together. Every source piece among them is encoded first, in
+        one `feed_batch` call when the model has it (the pieces of one translation joined into
+        one: encoding "ab" then "cd" is encoding "abcd"); then the ends and closes, in arrival
+        order. A translation's pieces always arrive before its own end or close (the loop refuses
+        pieces after those), so each translation still sees its commands in order; pieces of other
+        translations are not held back behind an end, so the encoder makes one call per round
+        instead of one between every two ends (at 32 streams that split most calls)."""
         pending: dict = {}  # job -> [job, [texts], [futures]], in arrival order
+        rest = []
         for cmd in cmds:
-            if cmd[0] == "feed":
-                item = pending.get(cmd[1])
-                if item is None:
-                    pending[cmd[1]] = [cmd[1], [cmd[2]], [cmd[3]]]
-                else:
-                    item[1].append(cmd[2])
-                    item[2].append(cmd[3])
+            if cmd[0] != "feed":
+                rest.append(cmd)
                 continue
-            if pending:
-                self._feed(list(pending.values()), out)
-                pending = {}
-            self._apply(cmd, out)
+            item = pending.get(cmd[1])
+            if item is None:
+                pending[cmd[1]] = [cmd[1], [cmd[2]], [cmd[3]]]
+            else:
+                item[1].append(cmd[2])
+                item[2].append(cmd[3])
         if pending:
             self._feed(list(pending.values()), out)
+        for cmd in rest:
+            self._apply(cmd, out)
 
     def _feed(self, items: list, out: list) -> None:
         """items: [job, [texts], [futures]]; every future of a job gets its source length after
