@@ -255,6 +255,7 @@ def test_bad_numbers_and_choices(args, message, tmp_path, tiny_dict, capsys):
     (["bench", "--threads", "2000"], "--threads must be in 1..256"),
     (["serve", "nobundle", "--threads", "2000"], "--threads must be in 1..256"),
     (["quickstart", "--threads", "0"], "--threads must be in 1..256"),
+    (["serve", "nobundle", "--beam", "4", "--max-beam", "2"], "--max-beam (2) must be >= --beam (4)"),
 ])
 def test_out_of_range_counts(args, message, tmp_path, tiny_dict, capsys, monkeypatch):
     monkeypatch.setenv("QRNN_BENCH_SMOKE", "1")
@@ -348,3 +349,23 @@ def test_vocabulary_error_names_it_once(lm_checkpoint, tmp_path):
         export_bundle(load_checkpoint(lm_checkpoint), tmp_path / "b", vocab={"type": "bpe"}, verify=False)
     assert "vocabulary: vocabulary:" not in str(e.value) and "vocabulary" in str(e.value)
 
+
+
+def test_translate_refuses_undecodable_input(tmp_path, capsys, monkeypatch):
+    """Bytes that are not UTF-8 (they reach Python as lone surrogates) are one error line naming
+    the input, after the lines before them were translated; not a made-up translation."""
+    import io
+
+    from qrnn_deploy.export import export_bundle
+    from translators import random_translator
+
+    vocab = CharVocab.build(["abcdefghijklmnop "])
+    export_bundle(random_translator(len(vocab), len(vocab), 0), tmp_path / "b", fo_pool="portable", verify=False,
+                  vocab=vocab)
+    stdin = io.TextIOWrapper(io.BytesIO(b"abc def\n\xff\xfe oops\nhello\n"), encoding="utf-8",
+                             errors="surrogateescape")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    code, out, err = run_cli(capsys, "translate", str(tmp_path / "b"), "--max-len", "10")
+    assert code == 2 and err.startswith("error: stdin line 2 is not valid UTF-8") and err.count("\n") == 1, err
+    assert out.count("\n") == 1  # line 1 was translated; nothing after the bad line
+    assert_error(capsys, ["translate", str(tmp_path / "b"), "ab\udcffc"], "TEXT is not valid UTF-8")

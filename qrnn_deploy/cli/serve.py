@@ -20,7 +20,9 @@ def serve(bundle: str = typer.Argument(..., help="Seq2seq bundle directory (writ
                                                 help="Require this key on every endpoint but /healthz "
                                                      "(Authorization: Bearer, X-API-Key or ?api_key=)."),
           beam: int = typer.Option(1, "--beam", "-k", min=1, help="Default beam size (1 = greedy)."),
-          max_beam: int = typer.Option(8, "--max-beam", min=1, help="Largest beam a request may ask for."),
+          max_beam: Optional[int] = typer.Option(None, "--max-beam", min=1,
+                                                 help="Largest beam a request may ask for (default: 8, or --beam "
+                                                      "if larger)."),
           max_len: int = typer.Option(200, "--max-len", min=1, help="Most target symbols per sentence."),
           length_penalty: float = typer.Option(1.0, "--length-penalty",
                                                help="Beam: score / (len + 1) ** this (0..10)."),
@@ -58,7 +60,11 @@ def serve(bundle: str = typer.Argument(..., help="Seq2seq bundle directory (writ
     if log_level.lower() not in LOG_LEVELS:
         raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     check_threads(threads)
-    cfg = ServeConfig(beam=beam, max_beam=max(max_beam, beam), max_len=max_len, length_penalty=length_penalty,
+    if max_beam is not None and max_beam < beam:
+        from qrnn_deploy.errors import ConfigError
+
+        raise ConfigError(f"--max-beam ({max_beam}) must be >= --beam ({beam})")
+    cfg = ServeConfig(beam=beam, max_beam=max(8, beam) if max_beam is None else max_beam, max_len=max_len, length_penalty=length_penalty,
                       max_streams=max_streams, max_message_bytes=max_message_bytes,
                       max_source_chars=max_source_chars, idle_timeout=idle_timeout, send_timeout=send_timeout,
                       max_queued_sentences=max_queued_sentences, batch_wait_ms=batch_wait_ms,

@@ -31,7 +31,14 @@ def translate(bundle: str = typer.Argument(..., help="Bundle directory (written 
     translator = load_bundle(bundle, backend=backend, threads=threads).translator()
     out = sys.stdout
 
-    def one(source: str) -> None:
+    def one(source: str, where: str) -> None:
+        try:  # undecodable bytes arrive as lone surrogates (surrogateescape), not as an error
+            source.encode("utf-8")
+        except UnicodeEncodeError as e:
+            from qrnn_deploy.errors import DataError
+
+            raise DataError(f"{where} is not valid UTF-8 (an undecodable byte at character {e.start}); "
+                            "give UTF-8 text") from None
         if source:  # an empty line has no source to attend to: it translates to an empty line
             ts = translator.stream()
             ts.feed(source)
@@ -43,7 +50,7 @@ def translate(bundle: str = typer.Argument(..., help="Bundle directory (written 
         out.flush()
 
     if text is not None:
-        one(text)
+        one(text, "TEXT")
         return
-    for line in sys.stdin:
-        one(line.rstrip("\r\n"))
+    for n, line in enumerate(sys.stdin, 1):
+        one(line.rstrip("\r\n"), f"stdin line {n}")
