@@ -7,7 +7,32 @@ import math
 
 import numpy as np
 
+from qrnn_deploy.errors import ConfigError
 from qrnn_deploy.vocab import EOS
+
+# The C++ runtime's bounds too (runtime/examples): a larger beam or max_len only exhausts memory
+# or time (beam 10**6 took gigabytes within a few steps).
+MAX_BEAM = 1000
+MAX_DECODE_LEN = 1_000_000
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_finite(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_decode_options(beam, max_len, length_penalty) -> None:
+    """beam: an integer in [1, MAX_BEAM] (1 = greedy); max_len: an integer in [0, MAX_DECODE_LEN]
+    (0 decodes nothing); length_penalty: a finite number. Raises ConfigError naming the bad one."""
+    if not _is_int(beam) or not 1 <= beam <= MAX_BEAM:
+        raise ConfigError(f"beam must be an integer in [1, {MAX_BEAM}] (1 = greedy), got {beam!r}")
+    if not _is_int(max_len) or not 0 <= max_len <= MAX_DECODE_LEN:
+        raise ConfigError(f"max_len must be an integer in [0, {MAX_DECODE_LEN}], got {max_len!r}")
+    if not _is_finite(length_penalty):
+        raise ConfigError(f"length_penalty must be a finite number (1.0 = divide by length), got {length_penalty!r}")
 
 
 def beam_step(scores, logp, beam: int, n_finished: int, last_step: bool):
@@ -23,6 +48,11 @@ def beam_step(scores, logp, beam: int, n_finished: int, last_step: bool):
     Returns (live [(score, parent, symbol)], finished [(score, parent, symbol)]); a finished
     symbol of </s> is not part of the hypothesis' tokens.
     """
+    if not _is_int(beam) or beam < 1:
+        raise ConfigError(f"beam must be an integer >= 1, got {beam!r}")
+    if getattr(logp, "ndim", None) != 2 or len(scores) != logp.shape[0]:
+        raise ConfigError(f"beam_step: logp must be [K, V] with K = len(scores) = {len(scores)}, "
+                          f"got shape {list(np.shape(logp))}")
     K, V = logp.shape
     total = (np.asarray(scores, dtype=np.float64)[:, None] + logp).reshape(-1)
     order = np.argsort(-total, kind="stable")[:2 * beam]
@@ -46,6 +76,8 @@ def beam_step(scores, logp, beam: int, n_finished: int, last_step: bool):
 def best_hypothesis(finished, length_penalty: float) -> list[int]:
     """The finished hypothesis with the best score / (len + 1) ** length_penalty (+1 counts the
     end symbol); ties go to the one finished first."""
+    if not _is_finite(length_penalty):  # nan would rank nothing: an empty result
+        raise ConfigError(f"length_penalty must be a finite number, got {length_penalty!r}")
     best, best_score = [], -math.inf
     for s, seq in finished:
         norm = s / ((len(seq) + 1) ** length_penalty)

@@ -11,6 +11,7 @@ import hashlib
 from typing import Optional, Sequence
 
 from qrnn_deploy.data.dictionary import is_sentence
+from qrnn_deploy.errors import DataError
 
 
 def sample_pairs(pairs: Sequence[tuple[str, str]], limit: Optional[int]) -> list[tuple[str, str]]:
@@ -36,7 +37,9 @@ def score(hyps: Sequence[str], pairs: Sequence[tuple[str, str]]) -> dict:
     import sacrebleu
 
     if len(hyps) != len(pairs):
-        raise ValueError(f"score: {len(hyps)} hypotheses for {len(pairs)} pairs")
+        raise DataError(f"score: {len(hyps)} hypotheses for {len(pairs)} pairs; give one hypothesis per pair")
+    if not pairs:
+        raise DataError("score: no pairs to score (the test split, or its sample, is empty)")
 
     def block(h, p):
         if not p:

@@ -7,6 +7,8 @@ whose export failed never holds a manifest that a runtime would load.
 from __future__ import annotations
 
 import copy
+import math
+import os
 from pathlib import Path
 from typing import Optional, Union
 
@@ -26,6 +28,7 @@ DEFAULT_OPSET = 17
 # Shape(start/end) is avoided, Split/Unsqueeze/Squeeze take their sizes as inputs: opset 13 is
 # the oldest whose operator signatures the graphs use.
 MIN_OPSET = 13
+VERIFY_ENGINES = ("auto", "onnxruntime", "reference")
 
 
 def _check_opset(opset: Optional[int]) -> int:
@@ -59,7 +62,12 @@ def resolve_vocab(model, vocab=None) -> Optional[dict]:
     if vocab is None:
         return None
     if isinstance(vocab, (tuple, list)) or (isinstance(vocab, dict) and "src" in vocab):
-        src, tgt = (vocab["src"], vocab["tgt"]) if isinstance(vocab, dict) else vocab
+        if getattr(model, "model_type", None) != "seq2seq":
+            raise ExportError("a (source, target) vocabulary pair is for seq2seq models; give this "
+                              f"{type(model).__name__} one vocabulary")
+        if isinstance(vocab, (tuple, list)) and len(vocab) != 2:
+            raise ExportError(f"a vocabulary pair is (source, target), got {len(vocab)} entries")
+        src, tgt = (vocab.get("src"), vocab.get("tgt")) if isinstance(vocab, dict) else vocab
         if src is None or tgt is None:
             raise ExportError("a vocabulary pair needs both the source and the target vocabulary")
         out = {"src": _vocab_json(src, "source vocabulary"), "tgt": _vocab_json(tgt, "target vocabulary")}
@@ -80,6 +88,36 @@ def resolve_vocab(model, vocab=None) -> Optional[dict]:
 # random test models with inflated weights; a broken quantization (wrong layout or scale) is off by the whole range. This
 # bound catches the latter; how much quality int8 costs is measured by benchmarks/bench_quantize.py.
 QUANTIZED_TOL = 0.1
+
+
+def _check_options(out_dir, tol, quantized_tol, quantize_block, verify_engine, node_attrs) -> None:
+    """The export options, checked before any work (bad ones used to fail half way, or pass
+    silently: tol=nan never fails a comparison)."""
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise ExportError(f"out_dir must be a str or path, got {type(out_dir).__name__}")
+    for name, v in (("tol", tol), ("quantized_tol", quantized_tol)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
+            raise ExportError(f"{name} must be a finite number >= 0, got {v!r}")
+    if isinstance(quantize_block, bool) or not isinstance(quantize_block, int) or quantize_block < 16 \
+            or quantize_block & (quantize_block - 1):
+        raise ExportError(f"quantize_block must be a power of two >= 16, got {quantize_block!r}")
+    if verify_engine not in VERIFY_ENGINES:
+        raise ExportError(f"verify_engine must be one of {VERIFY_ENGINES}, got {verify_engine!r}")
+    if node_attrs is not None and (not isinstance(node_attrs, dict) or not all(isinstance(k, str) for k in node_attrs)):
+        raise ExportError(f"node_attrs must be a dict of attribute name -> value, got {node_attrs!r}")
+
+
+def _labels(model) -> Optional[list]:
+    """model.extra["labels"] checked: one name per class (the runtime indexes it by class id)."""
+    labels = (getattr(model, "extra", None) or {}).get("labels")
+    if labels is None:
+        return None
+    n = getattr(model.config, "num_classes", None)
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels) or \
+            (n is not None and len(labels) != n):
+        raise ExportError(f"model.extra['labels'] must be a list of {n if n is not None else 'the'} class names "
+                          f"(one per class), got {str(labels)[:60]}")
+    return labels
 
 
 def _prepare_dir(out_dir) -> Path:
@@ -137,9 +175,11 @@ def export_bundle(model, out_dir: Union[str, Path], fo_pool: str = "custom", ops
     opset = _check_opset(opset)
     if quantize not in (None, "int8"):
         raise ExportError(f"quantize must be None or 'int8', got {quantize!r}")
+    _check_options(out_dir, tol, quantized_tol, quantize_block, verify_engine, node_attrs)
     if not isinstance(model, torch.nn.Module) or getattr(model, "model_type", None) is None:
         raise ExportError(f"cannot export {type(model).__name__}: not a qrnn_deploy.nn model")
     vocab_entry = resolve_vocab(model, vocab)
+    labels = _labels(model)
     # Weights are read in float32 from a copy, so a half-precision or training-mode model is
     # left as the caller had it.
     model = copy.deepcopy(model).float().eval()
@@ -162,9 +202,8 @@ def export_bundle(model, out_dir: Union[str, Path], fo_pool: str = "custom", ops
     metadata = {"created_by": f"qrnn-deploy {__version__}", "torch": torch.__version__, "onnx": onnx.__version__,
                 "sizes": {role: p.stat().st_size for role, p in paths.items()},
                 "parameters": sum(p.numel() for p in {id(q): q for q in model.parameters()}.values())}
-    extra = getattr(model, "extra", None) or {}
-    if "labels" in extra:
-        metadata["labels"] = extra["labels"]
+    if labels is not None:
+        metadata["labels"] = labels
     if verify:
         from qrnn_deploy.export.verify import verify_graphs
 

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from qrnn_deploy.errors import CheckpointError
+from qrnn_deploy.errors import CheckpointError, ConfigError
 from qrnn_deploy.nn.classifier import QRNNClassifier
 from qrnn_deploy.nn.lm import QRNNLanguageModel
 from qrnn_deploy.nn.seq2seq import QRNNSeq2Seq
@@ -52,7 +52,17 @@ def save_checkpoint(model: nn.Module, path, extra: Optional[dict] = None, dtype:
         raise CheckpointError(f"save_checkpoint: {type(model).__name__} is not a qrnn_deploy model")
     if quantize not in (None, "int8"):
         raise CheckpointError(f"save_checkpoint: unknown quantize={quantize!r}; use None or 'int8'")
-    path = Path(path)
+    _check_float_dtype(dtype, "save_checkpoint", allow_none=True)
+    path = _checkpoint_path(path, "save_checkpoint")
+    if path.is_dir():
+        raise CheckpointError(f"save_checkpoint: {path} is a directory; give a file name (e.g. {path / 'model.safetensors'})")
+    extra = extra or getattr(model, "extra", None)
+    if extra is not None and not isinstance(extra, dict):
+        raise CheckpointError(f"save_checkpoint: extra must be a dict, got {type(extra).__name__}")
+    try:
+        extra_json = json.dumps(extra or {})
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"save_checkpoint: extra must hold JSON values only ({e})") from None
     tensors = {}
     seen = {}
     for name, t in model.state_dict().items():
@@ -71,22 +81,45 @@ def save_checkpoint(model: nn.Module, path, extra: Optional[dict] = None, dtype:
         "version": str(CHECKPOINT_VERSION),
         "model_type": model.model_type,
         "config": json.dumps(model.config.__dict__),
-        "extra": json.dumps(extra or getattr(model, "extra", None) or {}),
+        "extra": extra_json,
     }
     if quantize:
         meta["quantization"] = INT8_ROWWISE
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)  # never leave a half-written checkpoint behind
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)  # never leave a half-written checkpoint behind
+    except Exception as e:  # OSError, or safetensors' own error type for I/O failures
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise CheckpointError(f"save_checkpoint: cannot write {path}: {getattr(e, 'strerror', None) or e}") from None
     return path
+
+
+def _checkpoint_path(path, where: str) -> Path:
+    if isinstance(path, str) and not path:
+        raise CheckpointError(f"{where}: the checkpoint path is empty")
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"{where}: the checkpoint path must be a str or path, got {type(path).__name__}")
+    return Path(path)
+
+
+def _check_float_dtype(dtype, where: str, allow_none: bool = False) -> None:
+    if dtype is None and allow_none:
+        return
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise CheckpointError(f"{where}: dtype must be a floating torch dtype (torch.float32, torch.float16, "
+                              f"torch.bfloat16), got {dtype!r}")
 
 
 def read_checkpoint_metadata(path) -> dict:
     """The checkpoint's metadata: format, version, model_type, config (dict), extra (dict)."""
     from safetensors import safe_open
 
-    path = Path(path)
+    path = _checkpoint_path(path, "read_checkpoint_metadata")
     if not path.is_file():
         if path.is_dir():
             raise CheckpointError(f"{path} is a directory, not a checkpoint file (.safetensors)")
@@ -107,9 +140,13 @@ def read_checkpoint_metadata(path) -> dict:
         raise CheckpointError(f"{path}: unknown weight quantization {meta['quantization']!r} "
                               f"(this qrnn-deploy reads {INT8_ROWWISE!r})")
     try:
-        return {**meta, "config": json.loads(meta["config"]), "extra": json.loads(meta.get("extra", "{}"))}
+        out = {**meta, "config": json.loads(meta["config"]), "extra": json.loads(meta.get("extra", "{}"))}
     except (KeyError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: corrupt checkpoint metadata ({e})") from None
+    for key in ("config", "extra"):
+        if not isinstance(out[key], dict):
+            raise CheckpointError(f"{path}: corrupt checkpoint metadata ({key} is not a JSON object)")
+    return out
 
 
 def load_checkpoint(path, dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -117,11 +154,12 @@ def load_checkpoint(path, dtype: torch.dtype = torch.float32) -> nn.Module:
     `model.extra` holds the checkpoint's extra dict."""
     from safetensors.torch import load_file
 
+    _check_float_dtype(dtype, "load_checkpoint")
     meta = read_checkpoint_metadata(path)
     cls = MODEL_TYPES[meta["model_type"]]
     try:
         model = cls.from_config(cls.config_class(**meta["config"]))
-    except TypeError as e:
+    except (TypeError, ConfigError) as e:
         raise CheckpointError(f"{path}: config does not fit {cls.__name__} ({e})") from None
     try:
         tensors = load_file(str(path))
@@ -145,7 +183,8 @@ def load_checkpoint(path, dtype: torch.dtype = torch.float32) -> nn.Module:
         raise CheckpointError(f"{path}: weights do not match the config (missing {sorted(set(missing) - tied)}, "
                               f"unexpected {sorted(unexpected)})")
     model.extra = meta["extra"]
-    return model.eval()
+    # load_state_dict copies into the float32 parameters the model was built with.
+    return model.to(dtype).eval()
 
 
 def _dequantize(path, tensors: dict) -> dict:

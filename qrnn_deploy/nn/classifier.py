@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from qrnn_deploy.errors import ConfigError
-from qrnn_deploy.nn.layers import QRNN
+from qrnn_deploy.nn.layers import QRNN, check_int, check_lengths, check_prob, check_token_ids, make_config
 
 
 @dataclass
@@ -41,9 +41,12 @@ class QRNNClassifier(nn.Module):
     def __init__(self, vocab_size: int, embed_size: int, hidden_size: int, num_layers: int,
                  num_classes: int, **kw):
         super().__init__()
-        cfg = self.config = ClassifierConfig(vocab_size, embed_size, hidden_size, num_layers, num_classes, **kw)
-        if num_classes < 2:
-            raise ConfigError(f"QRNNClassifier: num_classes must be >= 2, got {num_classes}")
+        cfg = self.config = make_config(ClassifierConfig, "QRNNClassifier", vocab_size, embed_size, hidden_size,
+                                        num_layers, num_classes, **kw)
+        for name in ("vocab_size", "embed_size", "hidden_size", "num_layers"):
+            check_int(getattr(cfg, name), f"QRNNClassifier: {name}")
+        check_int(num_classes, "QRNNClassifier: num_classes", 2)
+        check_prob(cfg.dropout, "QRNNClassifier: dropout")
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_size)
         self.qrnn = QRNN(cfg.embed_size, cfg.hidden_size, cfg.num_layers, cfg.window, cfg.pooling,
                          cfg.zoneout, cfg.dropout, cfg.dense, cfg.bidirectional)
@@ -60,8 +63,12 @@ class QRNNClassifier(nn.Module):
         return self.qrnn.init_state(batch_size)
 
     def forward(self, tokens: torch.Tensor, state=None, lengths: Optional[torch.Tensor] = None):
-        if tokens.dim() != 2:
-            raise ConfigError(f"QRNNClassifier: tokens must be [B, T], got shape {list(tokens.shape)}")
+        """tokens [B, T >= 1]; lengths [B] in [1, T] (each row's own last step) or None."""
+        check_token_ids(tokens, "tokens", self.config.vocab_size, "QRNNClassifier")
+        if tokens.shape[1] == 0:
+            raise ConfigError("QRNNClassifier: tokens has no steps (T = 0): the logits are those of the last step")
+        if lengths is not None:
+            check_lengths(lengths, tokens.shape[0], tokens.shape[1], "QRNNClassifier")
         y, state = self.qrnn(self.embed(tokens), state)
         if lengths is None:
             last = y[:, -1]

@@ -32,7 +32,7 @@ def gate_count(pooling: str) -> int:
     """P, the number of gate blocks packed in `gates` for `pooling` ('f' 2, 'fo' 3, 'ifo' 4)."""
     try:
         return POOLING_GATES[pooling]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: an unhashable value such as a list
         raise ConfigError(f"unknown pooling {pooling!r}: use one of 'f', 'fo', 'ifo'") from None
 
 
@@ -51,6 +51,9 @@ def check_fo_pool_args(gates: torch.Tensor, c0: Optional[torch.Tensor], pooling:
         raise ConfigError(f"fo_pool: last axis of gates ({last}) is not {P}*H for pooling {pooling!r}")
     H = last // P
     if c0 is not None:
+        if not isinstance(c0, torch.Tensor) or not c0.is_floating_point():
+            what = c0.dtype if isinstance(c0, torch.Tensor) else type(c0).__name__
+            raise ConfigError(f"fo_pool: c0 must be a floating point tensor [B, H] or None, got {what}")
         if tuple(c0.shape) != (B, H):
             raise ConfigError(f"fo_pool: c0 must be [B, H] = [{B}, {H}], got {list(c0.shape)}")
         if c0.device != gates.device:
@@ -137,7 +140,7 @@ def _prepare(gates, c0, batch_first, reverse):
 
 def _fo_pool_forward_impl(gates, c0, pooling, batch_first, reverse):
     T, B, P, H = check_fo_pool_args(gates, c0, pooling, batch_first)
-    if T == 0 or B == 0:
+    if T == 0 or B == 0 or H == 0:  # nothing to compute (the native kernels refuse H = 0)
         h = torch.empty(gates.shape[:2] + (H,), dtype=gates.dtype, device=gates.device)
         c_last = c0.clone() if c0 is not None else gates.new_zeros(B, H)
         return h, c_last
@@ -162,7 +165,7 @@ def _fo_pool_forward_impl(gates, c0, pooling, batch_first, reverse):
 def _fo_pool_backward_impl(grad_h, grad_c_last, gates, c0, pooling, batch_first, reverse):
     """Gradients of (h, c_last) w.r.t. (gates, c0): recompute the forward scan, then walk time back."""
     T, B, P, H = check_fo_pool_args(gates, c0, pooling, batch_first)
-    if T == 0 or B == 0:
+    if T == 0 or B == 0 or H == 0:
         gc0 = None if c0 is None else grad_c_last.to(c0.dtype).clone()
         return torch.zeros_like(gates), gc0
     if gates.is_cuda:

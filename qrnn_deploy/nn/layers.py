@@ -18,6 +18,71 @@ from qrnn_deploy.errors import ConfigError
 from qrnn_deploy.nn.fo_pool import fo_pool, gate_count
 
 
+def check_int(value, name: str, least: int = 1) -> int:
+    """`value` as an int, or ConfigError when it is not an integer >= `least` (bools are not sizes)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
+    return value
+
+
+def check_prob(value, name: str) -> float:
+    """`value` as a float in [0, 1) (dropout, zoneout), else ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_tensor(x, name: str, floating: bool) -> None:
+    """x is a torch.Tensor of floating (or, when not `floating`, integer) dtype, else ConfigError."""
+    if not isinstance(x, torch.Tensor):
+        raise ConfigError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    ok = x.is_floating_point() if floating else not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool)
+    if not ok:
+        raise ConfigError(f"{name} must be {'a floating point' if floating else 'an integer'} tensor, got {x.dtype}")
+
+
+def check_token_ids(tokens, name: str, vocab_size: int, where: str) -> None:
+    """tokens: an integer tensor [B, T] of ids in [0, vocab_size), else ConfigError (an id out of
+    range would be an IndexError). The range is checked on CPU tensors only: on a GPU the check
+    would synchronise the device at every forward (a training step's worth of stalls), so there an
+    out-of-range id stays the device-side assert PyTorch gives."""
+    check_tensor(tokens, f"{where}: {name}", floating=False)
+    if tokens.dim() != 2:
+        raise ConfigError(f"{where}: {name} must be [B, T], got shape {list(tokens.shape)}")
+    if tokens.device.type == "cpu" and tokens.numel() and bool(((tokens < 0) | (tokens >= vocab_size)).any()):
+        lo, hi = int(tokens.min()), int(tokens.max())
+        raise ConfigError(f"{where}: {name} ids must be in [0, {vocab_size}), got ids from {lo} to {hi}; "
+                          f"map unknown symbols to <unk> (id 1)")
+
+
+def check_lengths(lengths, B: int, T: int, where: str) -> None:
+    """lengths: an integer tensor [B] with every value in [1, T], else ConfigError (0 or > T would
+    index another step, or fail). Values are checked on CPU tensors only (no device sync)."""
+    check_tensor(lengths, f"{where}: lengths", floating=False)
+    if tuple(lengths.shape) != (B,):
+        raise ConfigError(f"{where}: lengths must be [B] = [{B}], got shape {list(lengths.shape)}")
+    if B and lengths.device.type == "cpu" and bool(((lengths < 1) | (lengths > T)).any()):
+        raise ConfigError(f"{where}: lengths must be in [1, T = {T}], got {lengths.min().item()}..{lengths.max().item()}")
+
+
+def make_config(config_class, where: str, *args, **kw):
+    """config_class(*args, **kw), with an unknown option a ConfigError naming the known ones."""
+    import dataclasses
+
+    known = [f.name for f in dataclasses.fields(config_class)]
+    unknown = [k for k in kw if k not in known]
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {unknown}; the options are {known}")
+    return config_class(*args, **kw)
+
+
+def _autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu")
+    except TypeError:  # older torch: no device argument
+        return torch.is_autocast_enabled()
+
+
 class QRNNState(NamedTuple):
     """Streaming state of one layer: conv_state [B, k-1, d_in] (None when k = 1), c [B, H]."""
 
@@ -36,13 +101,11 @@ class QRNNLayer(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, window: int = 1, pooling: str = "fo",
                  zoneout: float = 0.0, reverse: bool = False, batch_first: bool = True):
         super().__init__()
-        if not isinstance(window, int) or window < 1:
-            raise ConfigError(f"QRNNLayer: window must be an integer >= 1, got {window!r}")
-        if input_size < 1 or hidden_size < 1:
-            raise ConfigError(f"QRNNLayer: input_size and hidden_size must be >= 1, got "
-                              f"{input_size}, {hidden_size}")
-        if not 0.0 <= zoneout < 1.0:
-            raise ConfigError(f"QRNNLayer: zoneout must be in [0, 1), got {zoneout}")
+        check_int(window, "QRNNLayer: window")
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in (input_size, hidden_size)):
+            raise ConfigError(f"QRNNLayer: input_size and hidden_size must be integers >= 1, got "
+                              f"{input_size!r}, {hidden_size!r}")
+        zoneout = check_prob(zoneout, "QRNNLayer: zoneout")
         self.input_size, self.hidden_size, self.window = input_size, hidden_size, window
         self.pooling, self.zoneout, self.reverse, self.batch_first = pooling, zoneout, reverse, batch_first
         self.num_gates = gate_count(pooling)
@@ -100,18 +163,40 @@ class QRNNLayer(nn.Module):
             parts[3] = torch.where(keep, parts[3], -inf)
         return torch.cat(parts, -1)
 
+    def _check_state(self, state, x: torch.Tensor) -> QRNNState:
+        """state as (conv_state, c): a pair whose conv_state is [B, k-1, d_in] of x's dtype (or None).
+        A wrong conv_state would silently shift the window; c is checked by fo_pool."""
+        name = type(self).__name__
+        if not isinstance(state, tuple) or len(state) != 2:
+            raise ConfigError(f"{name}: state must be a QRNNState(conv_state, c) (from init_state or a "
+                              f"previous call), got {type(state).__name__}")
+        conv_state, c = state
+        if conv_state is not None and self.window > 1:
+            want = (x.shape[0], self.window - 1, self.input_size)
+            if not isinstance(conv_state, torch.Tensor) or tuple(conv_state.shape) != want:
+                got = list(conv_state.shape) if isinstance(conv_state, torch.Tensor) else type(conv_state).__name__
+                raise ConfigError(f"{name}: conv_state must be [B, k-1, d_in] = {list(want)}, got {got}")
+            if conv_state.dtype != x.dtype and not _autocast():
+                raise ConfigError(f"{name}: conv_state is {conv_state.dtype} but the input is {x.dtype}")
+        return QRNNState(conv_state, c)
+
     def forward(self, x: torch.Tensor, state: Optional[QRNNState] = None,
                 cond: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, QRNNState]:
         """x: [B, T, d_in] ([T, B, d_in] if not batch_first); cond: [B, P*H] added to the gates.
 
         Returns y [B, T, H] (same layout as x) and the state after the chunk.
         """
+        check_tensor(x, "QRNNLayer: input", floating=True)
         if x.dim() != 3:
             raise ConfigError(f"QRNNLayer: input must have rank 3, got shape {list(x.shape)}")
         if not self.batch_first:
             x = x.transpose(0, 1)
         if x.shape[-1] != self.input_size:
             raise ConfigError(f"QRNNLayer: input has {x.shape[-1]} features, expected {self.input_size}")
+        w = self.conv.weight
+        if x.dtype != w.dtype and not _autocast():
+            raise ConfigError(f"QRNNLayer: input is {x.dtype} but the weights are {w.dtype}; convert one "
+                              f"(x.to({w.dtype}) or model.to({x.dtype}))")
         if self.reverse:
             if state is not None:
                 raise ConfigError("QRNNLayer: a reverse (backward-direction) layer cannot stream: "
@@ -120,7 +205,7 @@ class QRNNLayer(nn.Module):
             g, _ = self.gates(x.flip(1), None, cond)
             y, c = fo_pool(g.flip(1), None, self.pooling, batch_first=True, reverse=True)
             return (y if self.batch_first else y.transpose(0, 1)), QRNNState(None, c)
-        conv_state, c0 = (None, None) if state is None else state
+        conv_state, c0 = (None, None) if state is None else self._check_state(state, x)
         g, conv_next = self.gates(x, conv_state, cond)
         y, c = fo_pool(g, c0, self.pooling, batch_first=True)
         if self.window > 1 and conv_next is None:
@@ -151,10 +236,8 @@ class QRNN(nn.Module):
                  window: Union[int, Sequence[int]] = 1, pooling: str = "fo", zoneout: float = 0.0,
                  dropout: float = 0.0, dense: bool = False, bidirectional: bool = False):
         super().__init__()
-        if num_layers < 1:
-            raise ConfigError(f"QRNN: num_layers must be >= 1, got {num_layers}")
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"QRNN: dropout must be in [0, 1), got {dropout}")
+        check_int(num_layers, "QRNN: num_layers")
+        dropout = check_prob(dropout, "QRNN: dropout")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.windows = _per_layer(window, num_layers, "window")
         self.pooling, self.dense, self.bidirectional = pooling, dense, bidirectional
@@ -178,12 +261,18 @@ class QRNN(nn.Module):
     def forward(self, x: torch.Tensor, state: Optional[list] = None,
                 cond: Optional[Sequence[Optional[torch.Tensor]]] = None):
         """x [B, T, input_size]; state: list of QRNNState or None; cond: per-layer [B, P*H] or None."""
+        check_tensor(x, "QRNN: input", floating=True)
         if x.dim() != 3:
             raise ConfigError(f"QRNN: input must be [B, T, features], got shape {list(x.shape)}")
         if self.bidirectional and state is not None:
             raise ConfigError("QRNN: a bidirectional stack cannot stream: it takes no carried state")
-        if state is not None and len(state) != self.num_layers:
-            raise ConfigError(f"QRNN: state has {len(state)} layers, expected {self.num_layers}")
+        if state is not None and (not isinstance(state, (list, tuple)) or len(state) != self.num_layers):
+            got = f"{len(state)} layers" if isinstance(state, (list, tuple)) else type(state).__name__
+            raise ConfigError(f"QRNN: state must be a list of one QRNNState per layer ({self.num_layers}), got {got}")
+        if cond is not None and (not isinstance(cond, (list, tuple)) or len(cond) != self.num_layers):
+            got = f"{len(cond)} entries" if isinstance(cond, (list, tuple)) else type(cond).__name__
+            raise ConfigError(f"QRNN: cond must be a list of one [B, P*H] tensor (or None) per layer "
+                              f"({self.num_layers}), got {got}")
         cond = cond if cond is not None else [None] * self.num_layers
         new_state = []
         inp = x

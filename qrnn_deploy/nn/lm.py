@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from qrnn_deploy.errors import ConfigError
-from qrnn_deploy.nn.layers import QRNN
+from qrnn_deploy.nn.layers import QRNN, check_int, check_prob, check_token_ids, make_config
 
 
 @dataclass
@@ -34,9 +34,11 @@ class QRNNLanguageModel(nn.Module):
 
     def __init__(self, vocab_size: int, embed_size: int, hidden_size: int, num_layers: int, **kw):
         super().__init__()
-        cfg = self.config = LanguageModelConfig(vocab_size, embed_size, hidden_size, num_layers, **kw)
-        if vocab_size < 1:
-            raise ConfigError(f"QRNNLanguageModel: vocab_size must be >= 1, got {vocab_size}")
+        cfg = self.config = make_config(LanguageModelConfig, "QRNNLanguageModel", vocab_size, embed_size,
+                                        hidden_size, num_layers, **kw)
+        for name in ("vocab_size", "embed_size", "hidden_size", "num_layers"):
+            check_int(getattr(cfg, name), f"QRNNLanguageModel: {name}")
+        check_prob(cfg.dropout, "QRNNLanguageModel: dropout")
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_size)
         self.qrnn = QRNN(cfg.embed_size, cfg.hidden_size, cfg.num_layers, cfg.window, cfg.pooling,
                          cfg.zoneout, cfg.dropout, cfg.dense)
@@ -57,7 +59,6 @@ class QRNNLanguageModel(nn.Module):
         return self.qrnn.init_state(batch_size)
 
     def forward(self, tokens: torch.Tensor, state=None):
-        if tokens.dim() != 2:
-            raise ConfigError(f"QRNNLanguageModel: tokens must be [B, T], got shape {list(tokens.shape)}")
+        check_token_ids(tokens, "tokens", self.config.vocab_size, "QRNNLanguageModel")
         y, state = self.qrnn(self.embed(tokens), state)
         return self.out(self.drop(y)), state

@@ -23,9 +23,10 @@ from torch import nn
 
 from qrnn_deploy.errors import ConfigError
 from qrnn_deploy.nn.fo_pool import fo_pool
-from qrnn_deploy.nn.layers import QRNNLayer, QRNNState, _per_layer
-from qrnn_deploy.decoding import beam_step, best_hypothesis
-from qrnn_deploy.vocab import BOS, EOS, PAD
+from qrnn_deploy.nn.layers import (QRNNLayer, QRNNState, _per_layer, check_int, check_lengths, check_prob,
+                                    check_tensor, check_token_ids, make_config)
+from qrnn_deploy.decoding import beam_step, best_hypothesis, check_decode_options
+from qrnn_deploy.vocab import BOS, EOS, PAD, SPECIALS
 
 
 @dataclass
@@ -40,6 +41,17 @@ class Seq2SeqConfig:
     pooling: str = "fo"
     zoneout: float = 0.0
     dropout: float = 0.0
+
+
+def _src_tensor(src_ids) -> torch.Tensor:
+    """One source's ids (a list of ints) as [1, S], or ConfigError."""
+    try:
+        t = torch.as_tensor(src_ids)
+    except (TypeError, ValueError, RuntimeError):
+        raise ConfigError(f"QRNNSeq2Seq: src_ids must be a list of token ids, got {type(src_ids).__name__}") from None
+    if t.dim() != 1:
+        raise ConfigError(f"QRNNSeq2Seq: src_ids must be a flat list of token ids, got shape {list(t.shape)}")
+    return (t if t.numel() else t.long()).reshape(1, -1)  # [] is float: let encode say it is empty
 
 
 class AttentionQRNNLayer(QRNNLayer):
@@ -66,7 +78,17 @@ class AttentionQRNNLayer(QRNNLayer):
 
     def forward(self, x, state: Optional[QRNNState], cond, memory, memory_mask):
         """x [B, T, d]; memory [B, S, H]; memory_mask [B, S] bool (True = a real source position)."""
-        conv_state, c0 = (None, None) if state is None else state
+        B, H = x.shape[0], self.hidden_size
+        check_tensor(memory, "QRNNSeq2Seq: memory", floating=True)
+        if memory.dim() != 3 or memory.shape[0] != B or memory.shape[2] != H:
+            raise ConfigError(f"QRNNSeq2Seq: memory must be [B, S, H] = [{B}, S, {H}], got {list(memory.shape)}")
+        if memory_mask is not None and (not isinstance(memory_mask, torch.Tensor) or memory_mask.dtype != torch.bool
+                                        or tuple(memory_mask.shape) != tuple(memory.shape[:2])):
+            got = (f"{memory_mask.dtype} {list(memory_mask.shape)}" if isinstance(memory_mask, torch.Tensor)
+                   else type(memory_mask).__name__)
+            raise ConfigError(f"QRNNSeq2Seq: memory_mask must be a bool tensor [B, S] = {list(memory.shape[:2])} "
+                              f"(True = a source position), got {got}")
+        conv_state, c0 = (None, None) if state is None else self._check_state(state, x)
         g, conv_next = self.gates(x, conv_state, cond)
         cg, pooling, o_pre = self.cell_gates(g)
         c, c_last = fo_pool(cg, c0, pooling, batch_first=True)
@@ -91,10 +113,14 @@ class QRNNSeq2Seq(nn.Module):
 
     def __init__(self, src_vocab_size: int, tgt_vocab_size: int, **kw):
         super().__init__()
-        cfg = self.config = Seq2SeqConfig(src_vocab_size, tgt_vocab_size, **kw)
+        cfg = self.config = make_config(Seq2SeqConfig, "QRNNSeq2Seq", src_vocab_size, tgt_vocab_size, **kw)
+        for name in ("src_vocab_size", "tgt_vocab_size"):
+            # ids 0..3 are <pad> <unk> <s> </s>: decoding starts from <s> and stops at </s>.
+            check_int(getattr(cfg, name), f"QRNNSeq2Seq: {name} (the special symbols included)", len(SPECIALS))
+        for name in ("embed_size", "hidden_size", "num_layers"):
+            check_int(getattr(cfg, name), f"QRNNSeq2Seq: {name}")
+        check_prob(cfg.dropout, "QRNNSeq2Seq: dropout")
         L, H = cfg.num_layers, cfg.hidden_size
-        if L < 1:
-            raise ConfigError(f"QRNNSeq2Seq: num_layers must be >= 1, got {L}")
         if cfg.encoder_window is None:
             cfg.encoder_window = [6] + [2] * (L - 1)
         self.enc_windows = _per_layer(cfg.encoder_window, L, "encoder_window")
@@ -135,10 +161,13 @@ class QRNNSeq2Seq(nn.Module):
         cond_l = V_l h^l at the last step (each row's `lengths - 1` when given: right padding).
         Feed chunks with the returned state; cond of the last chunk is the one the decoder uses.
         """
-        if src.dim() != 2:
-            raise ConfigError(f"QRNNSeq2Seq: src must be [B, T], got shape {list(src.shape)}")
+        check_token_ids(src, "src", self.config.src_vocab_size, "QRNNSeq2Seq")
         if src.shape[1] == 0:
             raise ConfigError("QRNNSeq2Seq: src chunk is empty")
+        if state is not None and (not isinstance(state, (list, tuple)) or len(state) != len(self.encoder)):
+            raise ConfigError(f"QRNNSeq2Seq: the encoder state must be a list of {len(self.encoder)} QRNNStates")
+        if lengths is not None:
+            check_lengths(lengths, src.shape[0], src.shape[1], "QRNNSeq2Seq")
         x = self.src_embed(src)
         B = src.shape[0]
         rows = torch.arange(B, device=src.device)
@@ -156,11 +185,15 @@ class QRNNSeq2Seq(nn.Module):
     def decode(self, tgt: torch.Tensor, memory: torch.Tensor, memory_mask: Optional[torch.Tensor],
                cond: list, state: Optional[list] = None):
         """tgt [B, Tc] ids (teacher-forced inputs: <s> y_1 ...) -> (logits [B, Tc, V], state)."""
-        if tgt.dim() != 2:
-            raise ConfigError(f"QRNNSeq2Seq: tgt must be [B, T], got shape {list(tgt.shape)}")
+        check_token_ids(tgt, "tgt", self.config.tgt_vocab_size, "QRNNSeq2Seq")
+        L = len(self.decoder)
+        if not isinstance(cond, (list, tuple)) or len(cond) != L:
+            got = f"{len(cond)} entries" if isinstance(cond, (list, tuple)) else type(cond).__name__
+            raise ConfigError(f"QRNNSeq2Seq: cond must be a list of {L} tensors [B, P*H] (from encode), got {got}")
+        if state is not None and (not isinstance(state, (list, tuple)) or len(state) != L):
+            raise ConfigError(f"QRNNSeq2Seq: the decoder state must be a list of {L} QRNNStates")
         x = self.tgt_embed(tgt)
         new_state = []
-        L = len(self.decoder)
         for l, layer in enumerate(self.decoder):
             s = None if state is None else state[l]
             if l < L - 1:
@@ -183,7 +216,8 @@ class QRNNSeq2Seq(nn.Module):
     @torch.no_grad()
     def greedy_decode(self, src_ids: list[int], max_len: int = 200) -> list[int]:
         """Greedy decoding of one source: the argmax symbol each step until </s> (not included)."""
-        memory, cond, _ = self.encode(torch.tensor([src_ids]))
+        check_decode_options(1, max_len, 1.0)
+        memory, cond, _ = self.encode(_src_tensor(src_ids))
         state, tok, out = None, BOS, []
         for _ in range(max_len):
             logits, state = self.decode(torch.tensor([[tok]]), memory, None, cond, state)
@@ -197,9 +231,8 @@ class QRNNSeq2Seq(nn.Module):
     def beam_search(self, src_ids: list[int], beam: int = 4, max_len: int = 200,
                     length_penalty: float = 1.0) -> list[int]:
         """Beam search of one source (the rule is `beam_step`). Returns the best tokens (no </s>)."""
-        if beam < 1:
-            raise ConfigError(f"beam must be >= 1, got {beam}")
-        memory, cond, _ = self.encode(torch.tensor([src_ids]))
+        check_decode_options(beam, max_len, length_penalty)
+        memory, cond, _ = self.encode(_src_tensor(src_ids))
         live: list[tuple[float, list[int]]] = [(0.0, [])]  # (sum of log-probs, tokens)
         finished: list[tuple[float, list[int]]] = []
         state = None

@@ -16,7 +16,7 @@ from typing import Callable, Optional, Protocol, Sequence
 import numpy as np
 
 from qrnn_deploy.bundle import Manifest
-from qrnn_deploy.errors import BuildError, BundleError, StreamError
+from qrnn_deploy.errors import BuildError, BundleError, ConfigError, StreamError
 
 
 class GraphRunner(Protocol):
@@ -103,11 +103,31 @@ class OrtRunner:
         return dict(zip(self.output_names, values))
 
 
+def _check_providers(providers) -> None:
+    """Each entry is a provider name or (name, options): onnxruntime would fall back to the CPU with
+    a warning for a name it lacks (and split a bare string into letters), so say so instead."""
+    if providers is None:
+        return
+    import onnxruntime as ort
+
+    if isinstance(providers, (str, bytes)) or not isinstance(providers, (list, tuple)):
+        raise ConfigError(f"providers must be a list of provider names (e.g. ['CPUExecutionProvider']), "
+                          f"got {providers!r}")
+    have = ort.get_available_providers()
+    for p in providers:
+        name = p[0] if isinstance(p, tuple) and len(p) == 2 and isinstance(p[1], dict) else p
+        if not isinstance(name, str):
+            raise ConfigError(f"providers: each entry is a provider name or (name, options dict), got {p!r}")
+        if name not in have:
+            raise ConfigError(f"provider {name!r} is not available in this onnxruntime (available: {have})")
+
+
 def _ort_session(path: Path, providers, threads, custom_ops: bool):
     # qrnn_deploy._native is the one place that makes sessions (custom-op library, threads).
     from qrnn_deploy import _native
     from qrnn_deploy.errors import QRNNError
 
+    _check_providers(providers)
     try:
         return _native.ort_session(path, providers=providers, threads=threads, custom_ops=custom_ops)
     except QRNNError:

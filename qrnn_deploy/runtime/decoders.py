@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from qrnn_deploy.decoding import beam_step, best_hypothesis
+from qrnn_deploy.decoding import beam_step, best_hypothesis, check_decode_options
 from qrnn_deploy.errors import ConfigError, StreamError
 from qrnn_deploy.runtime.loader import Graph
 from qrnn_deploy.runtime.stream import stack_states
@@ -30,6 +30,8 @@ MEMORY, MEMORY_MASK, LOGITS = "memory", "memory_mask", "logits"
 def log_softmax64(x: np.ndarray) -> np.ndarray:
     """log_softmax over the last axis in float64 (as the reference: logits.double().log_softmax)."""
     x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 0 or x.shape[-1] == 0:
+        raise ConfigError(f"log_softmax64: logits need a non-empty last axis, got shape {list(x.shape)}")
     y = x - x.max(-1, keepdims=True)
     return y - np.log(np.exp(y).sum(-1, keepdims=True))
 
@@ -45,12 +47,20 @@ def _common_prefix(seqs: Sequence[list]) -> int:
 
 
 class _Decoder:
-    """Shared parts: the context (memory, cond), states, max_len, and what was emitted."""
+    """Shared parts: the context (memory, cond), states, max_len, and what was emitted.
 
-    def __init__(self, memory: np.ndarray, cond: dict, states: dict, max_len: int):
-        if memory.ndim != 2 or memory.shape[0] < 1:
-            raise StreamError(f"decoder memory must be [S >= 1, H], got shape {list(memory.shape)}")
-        self.memory, self.cond, self.states = memory, cond, states
+    `graph`: the decoder Graph this context was encoded for (TranslationStream.decoder sets it);
+    a DecodeBatch of another graph refuses the decoder instead of decoding with the wrong weights.
+    """
+
+    def __init__(self, memory: np.ndarray, cond: dict, states: dict, max_len: int, graph: Optional[Graph] = None):
+        if not isinstance(memory, np.ndarray) or memory.ndim != 2 or memory.shape[0] < 1:
+            shape = list(memory.shape) if isinstance(memory, np.ndarray) else type(memory).__name__
+            raise StreamError(f"decoder memory must be a numpy array [S >= 1, H], got {shape}")
+        if not isinstance(cond, Mapping) or not isinstance(states, Mapping):
+            raise StreamError("decoder cond and states must be dicts of arrays (name -> array)")
+        check_decode_options(1, max_len, 1.0)
+        self.memory, self.cond, self.states, self.graph = memory, cond, states, graph
         self.max_len = int(max_len)
         self.steps = 0
         self.emitted: list[int] = []  # tokens handed out as final, in order
@@ -72,8 +82,8 @@ class _Decoder:
 class GreedyDecoder(_Decoder):
     """The argmax symbol each step until </s> (not included) or max_len symbols."""
 
-    def __init__(self, memory, cond, states, max_len: int = 200):
-        super().__init__(memory, cond, states, max_len)
+    def __init__(self, memory, cond, states, max_len: int = 200, graph: Optional[Graph] = None):
+        super().__init__(memory, cond, states, max_len, graph)
         self._last = BOS
 
     @property
@@ -109,10 +119,10 @@ class BeamDecoder(_Decoder):
     the rest of the best hypothesis comes when the search ends.
     """
 
-    def __init__(self, memory, cond, states, beam: int = 4, max_len: int = 200, length_penalty: float = 1.0):
-        if beam < 1:
-            raise ConfigError(f"beam must be >= 1, got {beam}")
-        super().__init__(memory, cond, states, max_len)
+    def __init__(self, memory, cond, states, beam: int = 4, max_len: int = 200, length_penalty: float = 1.0,
+                 graph: Optional[Graph] = None):
+        check_decode_options(beam, max_len, length_penalty)
+        super().__init__(memory, cond, states, max_len, graph)
         self.beam, self.length_penalty = int(beam), float(length_penalty)
         self.live: list = [(0.0, [])]  # (sum of log-probs, tokens)
         self.finished: list = []
@@ -327,6 +337,15 @@ class DecodeBatch:
 
     def step(self, decoders: Sequence[_Decoder]) -> list:
         """One decoding step for every decoder not yet done -> per decoder, its new final tokens."""
+        if not isinstance(decoders, (list, tuple)):
+            try:
+                decoders = list(decoders)
+            except TypeError:
+                raise StreamError(f"DecodeBatch.step takes a list of decoders, got {type(decoders).__name__}") from None
+        known = self._ids  # decoders of the last step were checked when they joined
+        for d in decoders:
+            if id(d) not in known:
+                self._check_decoder(d)
         live = [d for d in decoders if not d.done]
         out = {id(d): [] for d in decoders}
         if len(out) != len(decoders):
@@ -355,6 +374,17 @@ class DecodeBatch:
                     out[id(d)] = d.advance(logits[a:b], st)
                 a = b
         return [out[id(d)] for d in decoders]
+
+    def _check_decoder(self, d) -> None:
+        if not isinstance(d, _Decoder):
+            raise StreamError(f"DecodeBatch.step: {type(d).__name__} is not a decoder (GreedyDecoder / BeamDecoder "
+                              "from TranslationStream.decoder)")
+        if d.graph is not None and d.graph is not self.graph:
+            raise StreamError("DecodeBatch.step: a decoder was made by another translator (another bundle's "
+                              "decoder graph); step it in that translator's decode_batch()")
+        missing = [] if d.graph is not None else [n for n in self.cond_names if n not in d.cond]
+        if missing:
+            raise StreamError(f"DecodeBatch.step: a decoder's cond lacks {missing}")
 
     def run(self, decoder: _Decoder):
         """Steps one decoder to the end, yielding each token as it becomes final."""

@@ -8,6 +8,7 @@ ClassifierStream: the class probabilities of the prefix seen so far, after every
 
 from __future__ import annotations
 
+import math
 from typing import Iterator, Optional
 
 import numpy as np
@@ -25,20 +26,41 @@ def softmax(x: np.ndarray) -> np.ndarray:
 def pick_token(logits: np.ndarray, temperature: float = 0.0, top_k: Optional[int] = None,
                rng: Optional[np.random.Generator] = None) -> int:
     """Next id from logits [V]: argmax when temperature == 0, else a sample of
-    softmax(logits / temperature) restricted to the top_k largest (ties at the k-th kept)."""
-    if temperature < 0:
-        raise ConfigError(f"temperature must be >= 0, got {temperature}")
+    softmax(logits / temperature) restricted to the top_k largest (ties at the k-th kept).
+    Logits of -inf are never picked; +inf ones share all the probability. Raises ConfigError for
+    bad arguments, logits that are not a non-empty [V] of numbers, NaN, or all -inf."""
+    check_sampling(temperature, top_k)
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise ConfigError(f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), "
+                          f"got {type(rng).__name__}")
+    try:
+        z = np.asarray(logits, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError(f"logits must be a [V] array of numbers, got {type(logits).__name__}") from None
+    if z.ndim != 1 or z.size == 0:
+        raise ConfigError(f"logits must be a non-empty [V] array, got shape {list(z.shape)}")
+    if np.isnan(z).any() or np.isneginf(z).all():
+        raise ConfigError("logits contain NaN or are all -inf: there is no token to pick")
     if temperature == 0:
-        return int(np.argmax(logits))
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    if top_k is not None:
-        if top_k < 1:
-            raise ConfigError(f"top_k must be >= 1, got {top_k}")
-        if top_k < z.size:
-            kth = np.partition(z, -top_k)[-top_k]
-            z = np.where(z >= kth, z, -np.inf)
+        return int(np.argmax(z))
+    if np.isposinf(z).any():  # the limit of softmax: the +inf entries share it evenly
+        z = np.where(np.isposinf(z), 0.0, -np.inf)
+    else:
+        z = z / temperature
+    if top_k is not None and top_k < z.size:
+        kth = np.partition(z, -top_k)[-top_k]
+        z = np.where(z >= kth, z, -np.inf)
     rng = rng if rng is not None else np.random.default_rng()
     return int(rng.choice(z.size, p=softmax(z)))
+
+
+def check_sampling(temperature, top_k) -> None:
+    """temperature: a finite number >= 0; top_k: None or an integer >= 1. Raises ConfigError."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.integer, np.floating)) \
+            or not 0 <= temperature < math.inf:
+        raise ConfigError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise ConfigError(f"top_k must be None or an integer >= 1, got {top_k!r}")
 
 
 class LanguageModelStream:
@@ -71,8 +93,17 @@ class LanguageModelStream:
     def generate(self, prompt: Chunk = "", max_new_tokens: int = 100, temperature: float = 0.0,
                  top_k: Optional[int] = None, seed: Optional[int] = None, stop_at_eos: bool = True) -> Iterator[int]:
         """Yields up to max_new_tokens ids continuing the stream (after `prompt`). A fresh stream with
-        an empty prompt starts from <s>. Same seed, same prompt: same tokens."""
-        rng = np.random.default_rng(seed)
+        an empty prompt starts from <s>. Same seed, same prompt: same tokens. Bad arguments raise
+        ConfigError here, at the call, not at the first token."""
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+            raise ConfigError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        check_sampling(temperature, top_k)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ConfigError(f"seed must be None or an integer >= 0, got {seed!r}")
+        return self._generate(prompt, max_new_tokens, temperature, top_k, np.random.default_rng(seed), stop_at_eos)
+
+    def _generate(self, prompt: Chunk, max_new_tokens: int, temperature: float, top_k: Optional[int],
+                  rng: np.random.Generator, stop_at_eos: bool) -> Iterator[int]:
         logits = self.feed(prompt)
         if logits is None:
             if self.stream.last_outputs is None:
@@ -101,6 +132,11 @@ class ClassifierStream:
         self.bundle = bundle
         self.stream = bundle.stream("classifier")
         self.labels = (bundle.manifest.config or {}).get("labels") or (bundle.manifest.metadata or {}).get("labels")
+        classes = (bundle.manifest.config or {}).get("num_classes")
+        if self.labels is not None and (not isinstance(self.labels, list)
+                                        or (isinstance(classes, int) and len(self.labels) != classes)):
+            raise BundleError(f"{bundle.path}: the manifest's labels must be a list of one name per class "
+                              f"({classes} classes), got {str(self.labels)[:60]}; re-export the bundle")
         self.logits: Optional[np.ndarray] = None
 
     def reset(self) -> None:

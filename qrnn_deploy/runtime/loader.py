@@ -6,18 +6,21 @@ manifest shape (the symbol "B" is the batch size) and dtype.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from qrnn_deploy.bundle import GraphSpec, Manifest, StateSpec, load_manifest
-from qrnn_deploy.errors import BundleError, StreamError
+from qrnn_deploy.errors import BundleError, ConfigError, StreamError
 from qrnn_deploy.runtime.backends import GraphRunner, create_runner
 from qrnn_deploy.vocab import BOS, EOS, PAD, UNK, CharVocab
 
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32,
               "bool": np.bool_}
+# More intra-op threads only oversubscribe any machine we target (the CLI's --threads bound too).
+MAX_THREADS = 256
 # The graph input that takes token ids, per role (bundle.py's module docstring).
 TOKEN_INPUTS = {"lm": "tokens", "classifier": "tokens", "encoder": "src", "decoder": "tgt"}
 
@@ -166,8 +169,17 @@ def load_bundle(path, backend: str = "onnxruntime", providers: Optional[Sequence
     backend: "onnxruntime" (the FoPool custom-op library is registered when the manifest says
     fo_pool == "custom"), or a backend registered with `register_backend` ("tensorrt" raises
     BuildError until it is installed). providers / threads go to the backend's sessions.
-    Raises BundleError (missing/malformed bundle, unknown version, graph not matching the manifest).
+    Raises BundleError (missing/malformed bundle, unknown version, graph not matching the manifest),
+    ConfigError (threads not an integer in [1, MAX_THREADS], providers not a list of provider names).
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise BundleError(f"load_bundle: the bundle path must be a str or path, got {type(path).__name__}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                or not 1 <= threads <= MAX_THREADS):
+        raise ConfigError(f"load_bundle: threads must be an integer in [1, {MAX_THREADS}] or None, got {threads!r}")
+    if providers is not None and (isinstance(providers, (str, bytes)) or not isinstance(providers, (list, tuple))):
+        raise ConfigError(f"load_bundle: providers must be a list of provider names "
+                          f"(e.g. ['CPUExecutionProvider']), got {providers!r}")
     path = Path(path)
     manifest = load_manifest(path, check_files=True)
     graphs = {role: Graph(role, spec, create_runner(backend, path, manifest, role, providers, threads))

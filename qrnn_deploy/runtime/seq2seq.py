@@ -18,9 +18,10 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from qrnn_deploy.decoding import check_decode_options
 from qrnn_deploy.errors import BundleError, StreamError
 from qrnn_deploy.runtime.decoders import MEMORY, MEMORY_MASK, BeamDecoder, DecodeBatch, GreedyDecoder
-from qrnn_deploy.runtime.stream import Chunk, Stream, StreamBatch
+from qrnn_deploy.runtime.stream import Chunk, Stream, StreamBatch, _pairs
 
 
 class Translator:
@@ -51,7 +52,11 @@ class Translator:
         """Encodes source chunks of many translations at once: items [(TranslationStream, chunk)];
         streams whose chunks have the same length share one encoder call (StreamBatch). Same
         result as feeding each alone. Returns each stream's source length so far."""
+        items = _pairs(items, "Translator.feed_batch", "TranslationStream")
         for ts, _ in items:
+            if not isinstance(ts, TranslationStream) or ts.translator is not self:
+                raise StreamError("Translator.feed_batch: every stream must be a TranslationStream of this translator "
+                                  "(translator.stream())")
             ts._check_feedable()
         outs = StreamBatch(self.encoder).feed([(ts._enc, chunk) for ts, chunk in items])
         for (ts, _), out in zip(items, outs):
@@ -150,14 +155,17 @@ class TranslationStream:
             self.cond = {n: out[n] for n in self.translator.cond_names}
 
     def decoder(self, beam: int = 1, max_len: int = 200, length_penalty: float = 1.0):
-        """Ends the source; a decoder for it (greedy when beam == 1) with zero decoder states."""
+        """Ends the source; a decoder for it (greedy when beam == 1) with zero decoder states.
+        Bad options raise ConfigError and leave the source open."""
         self._check_open()
+        check_decode_options(beam, max_len, length_penalty)
         memory = self.memory
         self.ended = True
-        states = self.translator.decoder.zero_states(1)
+        graph = self.translator.decoder
+        states = graph.zero_states(1)
         if beam == 1:
-            return GreedyDecoder(memory, self.cond, states, max_len)
-        return BeamDecoder(memory, self.cond, states, beam, max_len, length_penalty)
+            return GreedyDecoder(memory, self.cond, states, max_len, graph=graph)
+        return BeamDecoder(memory, self.cond, states, beam, max_len, length_penalty, graph=graph)
 
     def tokens(self, beam: int = 1, max_len: int = 200, length_penalty: float = 1.0) -> Iterator[int]:
         """Ends the source and yields target ids as soon as they are final (no </s>)."""

@@ -41,6 +41,8 @@ def to_ids(chunk: Chunk, vocab: Optional[CharVocab], vocab_size: Optional[int], 
 
 def stack_states(states: Sequence[dict]) -> dict:
     """[{name: [b_i, ...]}] -> {name: [sum b_i, ...]} (concatenated along the batch axis)."""
+    if len(states) == 0:
+        raise StreamError("stack_states: no states to stack (an empty list)")
     if len(states) == 1:
         return states[0]
     return {n: np.concatenate([s[n] for s in states], 0) for n in states[0]}
@@ -48,6 +50,10 @@ def stack_states(states: Sequence[dict]) -> dict:
 
 def split_states(states: dict, sizes: Sequence[int]) -> list:
     """The inverse of stack_states: {name: [sum b_i, ...]} -> [{name: [b_i, ...]}]."""
+    total = len(next(iter(states.values()))) if states else None
+    if any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0 for k in sizes) or \
+            (total is not None and sum(sizes) != total):
+        raise StreamError(f"split_states: sizes {list(sizes)} must be integers >= 0 summing to the batch size {total}")
     if len(sizes) == 1:
         return [states]
     # Plain basic slicing (views): np.split costs ~10x more per part (array_split + swapaxes).
@@ -58,6 +64,19 @@ def split_states(states: dict, sizes: Sequence[int]) -> list:
         out.append({n: v[a:b] for n, v in items})
         a = b
     return out
+
+
+def _pairs(items, where: str, what: str) -> list:
+    """items as a list of 2-tuples, or StreamError saying what `where` takes."""
+    try:
+        items = list(items)
+    except TypeError:
+        raise StreamError(f"{where} takes a list of ({what}, chunk) pairs, got {type(items).__name__}") from None
+    for item in items:
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise StreamError(f"{where} takes a list of ({what}, chunk) pairs, got an item {type(item).__name__}"
+                              + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else ""))
+    return items
 
 
 class Stream:
@@ -124,6 +143,7 @@ class StreamBatch:
 
     def feed(self, items: Sequence[tuple]) -> list:
         """items: [(Stream, chunk)] -> [outputs dict or None (empty chunk)] in the same order."""
+        items = _pairs(items, "StreamBatch.feed", "Stream")
         seen = set()
         groups: dict = {}
         results: list = [None] * len(items)
