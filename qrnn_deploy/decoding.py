@@ -8,12 +8,8 @@ import math
 import numpy as np
 
 from qrnn_deploy.errors import ConfigError
+from qrnn_deploy.limits import MAX_BEAM, MAX_DECODE_LEN
 from qrnn_deploy.vocab import EOS
-
-# The C++ runtime's bounds too (runtime/examples): a larger beam or max_len only exhausts memory
-# or time (beam 10**6 took gigabytes within a few steps).
-MAX_BEAM = 1000
-MAX_DECODE_LEN = 1_000_000
 
 
 def _is_int(v) -> bool:

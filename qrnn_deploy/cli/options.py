@@ -9,16 +9,12 @@ import math
 import typer
 
 from qrnn_deploy.errors import ConfigError
-
-# More threads than this only oversubscribes any machine we target (--threads 2000 froze a
-# 2-core box in torch.set_num_threads); a fixed bound keeps the help text the same everywhere.
-MAX_THREADS = 256
+from qrnn_deploy.limits import LENGTH_PENALTY_RANGE, MAX_THREADS
 
 # uvicorn's log levels (uvicorn.config.LOG_LEVELS); checked here so a typo fails before the
 # bundle loads.
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
-LENGTH_PENALTY_RANGE = (0.0, 10.0)  # the HTTP / WebSocket API's range (serve/protocol.py)
 
 
 def threads_option(default, help: str):

@@ -212,8 +212,6 @@ def export_bundle(model, out_dir: Union[str, Path], fo_pool: str = "custom", ops
         metadata["quantization"] = _quantize_graphs(graphs, paths, quantize_block)
         metadata["sizes"] = {role: p.stat().st_size for role, p in paths.items()}
         if verify:
-            from qrnn_deploy.export.verify import verify_graphs
-
             # MatMulNBits is an onnxruntime operator: the reference evaluator cannot check it.
             metadata["verification_quantized"] = verify_graphs(model, paths, specs, fo_pool, tol=quantized_tol,
                                                                engine="onnxruntime", stream_tol=tol)

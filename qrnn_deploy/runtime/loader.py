@@ -14,13 +14,12 @@ import numpy as np
 
 from qrnn_deploy.bundle import GraphSpec, Manifest, StateSpec, load_manifest
 from qrnn_deploy.errors import BundleError, ConfigError, StreamError
+from qrnn_deploy.limits import MAX_THREADS
 from qrnn_deploy.runtime.backends import GraphRunner, create_runner
 from qrnn_deploy.vocab import BOS, EOS, PAD, UNK, CharVocab
 
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32,
               "bool": np.bool_}
-# More intra-op threads only oversubscribe any machine we target (the CLI's --threads bound too).
-MAX_THREADS = 256
 # The graph input that takes token ids, per role (bundle.py's module docstring).
 TOKEN_INPUTS = {"lm": "tokens", "classifier": "tokens", "encoder": "src", "decoder": "tgt"}
 

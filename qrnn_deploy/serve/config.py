@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-from qrnn_deploy.decoding import MAX_BEAM, MAX_DECODE_LEN
+from qrnn_deploy.limits import LENGTH_PENALTY_RANGE, MAX_BEAM, MAX_DECODE_LEN
 from qrnn_deploy.errors import ConfigError
 
 
@@ -57,7 +57,9 @@ class ServeConfig:
             (self.max_beam >= self.beam, f"max_beam ({self.max_beam}) must be >= beam ({self.beam})"),
             (self.max_beam <= MAX_BEAM, f"max_beam must be <= {MAX_BEAM}, got {self.max_beam}"),
             (1 <= self.max_len <= MAX_DECODE_LEN, f"max_len must be in [1, {MAX_DECODE_LEN}], got {self.max_len}"),
-            (0 <= self.length_penalty <= 10, f"length_penalty must be in [0, 10], got {self.length_penalty}"),
+            (LENGTH_PENALTY_RANGE[0] <= self.length_penalty <= LENGTH_PENALTY_RANGE[1],
+             f"length_penalty must be in [{LENGTH_PENALTY_RANGE[0]:g}, {LENGTH_PENALTY_RANGE[1]:g}], "
+             f"got {self.length_penalty}"),
             (self.max_streams >= 1, f"max_streams must be >= 1, got {self.max_streams}"),
             (self.max_message_bytes >= 64, f"max_message_bytes must be >= 64, got {self.max_message_bytes}"),
             (self.max_source_chars >= 1, f"max_source_chars must be >= 1, got {self.max_source_chars}"),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from typing import Optional, Union
 
+from qrnn_deploy.limits import LENGTH_PENALTY_RANGE
 from qrnn_deploy.serve.config import ServeConfig
 
 CLIENT_TYPES = ("source", "end", "reset", "ping")
@@ -101,8 +102,9 @@ def decode_options(d: dict, cfg: ServeConfig) -> tuple[int, int, float]:
     lp = d.get("length_penalty")
     if lp is None:
         lp = cfg.length_penalty
-    elif isinstance(lp, bool) or not isinstance(lp, (int, float)) or not 0.0 <= lp <= 10.0:
-        raise ProtocolError("bad_option", f'"length_penalty" must be a number in [0, 10], got {shown(lp)}')
+    elif isinstance(lp, bool) or not isinstance(lp, (int, float)) or not LENGTH_PENALTY_RANGE[0] <= lp <= LENGTH_PENALTY_RANGE[1]:
+        lo, hi = LENGTH_PENALTY_RANGE
+        raise ProtocolError("bad_option", f'"length_penalty" must be a number in [{lo:g}, {hi:g}], got {shown(lp)}')
     return beam, max_len, float(lp)
 
 

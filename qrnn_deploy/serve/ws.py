@@ -137,8 +137,7 @@ class StreamConnection:
         self._sending_since: Optional[float] = None  # time.monotonic() when the current send began
 
     def busy(self) -> bool:
-        self.pumps = [p for p in self.pumps if not p.done()]
-        return self.job is not None or bool(self.pumps)
+        return self.decoding() or self.job is not None
 
     def decoding(self) -> bool:
         """Whether ended sentences of this connection are still being decoded or sent."""
