@@ -116,6 +116,24 @@ def test_train_resume_evaluate(tiny_dict, tmp_path, capsys):
     log = [json.loads(l) for l in (split / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [2, 4] and all(r["valid_loss"] > 0 for r in log)
 
+    # A resumed run keeps its settings: changing its size or seed is refused, not silently ignored,
+    # and the run is left as it was; the validation interval may change.
+    for option, value, saved in (("--hidden", "32", "16"), ("--layers", "3", "2"), ("--seed", "7", "1")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            main(["train", "--steps", "1", "--resume", "--out", str(split), "--data-file", str(tiny_dict),
+                  option, value, "--no-progress", "--threads", "1"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"{option} {value}" in err and f"made with {saved}" in err, err
+    assert json.loads((split / "state.json").read_text())["step"] == 4
+    assert all(torch.equal(b[k], v) for k, v in _weights(split / "last.safetensors").items())
+    main_ok(["train", "--steps", "1", "--resume", "--out", str(split), "--data-file", str(tiny_dict),
+             "--valid-every", "50000", "--hidden", "16", "--no-progress", "--threads", "1"])
+    from qrnn_deploy.nn import read_checkpoint_metadata
+
+    cfg = read_checkpoint_metadata(split / "last.safetensors")["extra"]["train_config"]
+    assert cfg["valid_every_s"] == 50000 and cfg["hidden_size"] == 16
+
     capsys.readouterr()
     main_ok(["evaluate", str(split / "best.safetensors"), "--data-file", str(tiny_dict), "--limit", "6",
              "--json", str(tmp_path / "s.json")])

@@ -20,7 +20,7 @@ def train(
     out: str = typer.Option("runs/de-en", "--out", help="Run directory: checkpoints, training state, log."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    seed: int = typer.Option(1, "--seed", help="Random seed (weights and batch order)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (weights and batch order; default 1)."),
     hidden: Optional[int] = typer.Option(None, "--hidden", help="Hidden units per layer (default 256)."),
     layers: Optional[int] = typer.Option(None, "--layers", help="Layers in encoder and decoder (default 4)."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Padded symbols per batch (default 6000)."),
@@ -52,9 +52,11 @@ def train(
     torch.set_num_threads(max(1, threads))
     splits = load_splits(data_file)
     out = output_dir(out, "--out directory")
-    cfg = TrainConfig(seed=seed)
-    for name, val in (("hidden_size", hidden), ("num_layers", layers), ("max_tokens", max_tokens),
-                      ("valid_every_s", valid_every)):
+    if resume:
+        _check_resume_settings(out, {"--hidden": ("hidden_size", hidden), "--layers": ("num_layers", layers),
+                                     "--max-tokens": ("max_tokens", max_tokens), "--seed": ("seed", seed)})
+    cfg = TrainConfig(seed=1 if seed is None else seed)
+    for name, val in (("hidden_size", hidden), ("num_layers", layers), ("max_tokens", max_tokens)):
         if val is not None:
             setattr(cfg, name, val)
     if cfg.num_layers != 4 and layers is not None:
@@ -62,8 +64,26 @@ def train(
     if minutes is None and steps is None:
         minutes = 10.0
     res = run_train(splits, out, cfg, minutes=minutes, max_steps=steps, resume=resume, device=device,
-                    progress=progress, threads=threads)
+                    progress=progress, threads=threads, valid_every_s=valid_every)
     typer.echo(f"trained {res.steps} steps, {res.seconds / 60:.1f} min, {res.target_chars:,} target chars "
                f"({res.target_chars / max(res.seconds, 1e-9):,.0f}/s), best valid loss {res.best_valid_loss:.3f}; "
                f"model: {res.out_dir / 'best.safetensors'}")
     typer.echo(f"next: qrnn-deploy evaluate {res.out_dir / 'best.safetensors'}")
+
+
+def _check_resume_settings(out: Path, given: dict) -> None:
+    """A resumed run keeps the settings it was made with: an option that would change its model,
+    batches or seed is refused (rather than silently ignored); one that repeats them is fine."""
+    from qrnn_deploy.errors import CheckpointError, ConfigError
+    from qrnn_deploy.nn.checkpoint import read_checkpoint_metadata
+
+    last = out / "last.safetensors"
+    if all(value is None for _, value in given.values()) or not last.is_file():
+        return  # nothing to compare, or train() says that --resume has nothing to resume
+    saved = read_checkpoint_metadata(last)["extra"].get("train_config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"--resume: {last} holds no training settings (not made by qrnn-deploy train)")
+    for option, (name, value) in given.items():
+        if value is not None and saved.get(name) != value:
+            raise ConfigError(f"{option} {value}: the run in {out} was made with {saved.get(name)}, and a resumed "
+                              f"run keeps its settings; drop {option}, or start a new run in another --out")

@@ -18,7 +18,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -239,11 +239,13 @@ def prepare_data(splits: dict, cfg: TrainConfig, vocab: Optional[CharVocab] = No
 def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = None,
           max_steps: Optional[int] = None, resume: bool = False, device: str = "cpu",
           progress: bool = True, log: Callable[[str], None] = print,
-          threads: Optional[int] = None) -> TrainResult:
+          threads: Optional[int] = None, valid_every_s: Optional[float] = None) -> TrainResult:
     """Trains a QRNNSeq2Seq on `splits` until `minutes` of training time or `max_steps` steps.
 
     Writes checkpoints to `out_dir` every `cfg.valid_every_s` seconds and at the end.
     threads: PyTorch CPU threads; 0 = adapt (see `ThreadChooser`); None = leave as set.
+    resume: continue the run in `out_dir` with the settings it was made with (`cfg` is not used);
+    valid_every_s, when given, replaces the validation interval (of `cfg` or of the resumed run).
     """
     if minutes is None and max_steps is None:
         raise ConfigError("train: give --minutes or max_steps")
@@ -264,6 +266,10 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
     else:
         torch.manual_seed(cfg.seed)
         vocab = None
+    if valid_every_s is not None:
+        if not (isinstance(valid_every_s, (int, float)) and math.isfinite(valid_every_s) and valid_every_s > 0):
+            raise ConfigError(f"train: valid_every_s must be a positive number of seconds, got {valid_every_s!r}")
+        cfg = replace(cfg, valid_every_s=float(valid_every_s))
     vocab, tr_src, tr_tgt, va_src, va_tgt, va_pairs = prepare_data(splits, cfg, vocab)
     if not resume:
         torch.manual_seed(cfg.seed)
