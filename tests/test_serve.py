@@ -216,10 +216,22 @@ def test_malformed_messages_keep_the_connection(server, expected):
 
 def test_invalid_utf8_text_frame_closes_1007_and_frees_the_stream(translator):
     """A text frame that is not UTF-8 breaks the WebSocket protocol itself: the WebSocket layer
-    closes with 1007 (binary frames get an error message instead, see above)."""
+    closes with 1007 (binary frames get an error message instead, see above). It is logged as one
+    warning line, not as an error with a traceback."""
+    import logging
+
     from websockets.frames import Frame, Opcode
 
+    class Keep(logging.Handler):
+        records: list = []
+
+        def emit(self, record):
+            self.records.append(record)
+
+    keep = Keep()
     with ServerThread(create_app(translator, ServeConfig(max_len=MAX_LEN))) as srv:
+        logging.getLogger("uvicorn.error").addHandler(keep)  # uvicorn's loggers do not propagate to the root
+
         async def main():
             async with connect(srv.ws_url()) as ws:
                 ws.protocol.send_frame(Frame(Opcode.TEXT, b'{"type": "source", "text": "\xff"}'))
@@ -230,6 +242,10 @@ def test_invalid_utf8_text_frame_closes_1007_and_frees_the_stream(translator):
 
         run(main())
         assert wait_for(lambda: srv.state.streams_open == 0 and srv.state.engine.jobs_open == 0)
+    logging.getLogger("uvicorn.error").removeHandler(keep)
+    rec = [r for r in keep.records if "not UTF-8" in r.getMessage()]
+    assert len(rec) == 1 and rec[0].levelno == logging.WARNING and rec[0].exc_info is None, keep.records
+    assert not [r for r in keep.records if r.levelno >= logging.ERROR]
 
 
 def test_unknown_characters_translate_like_the_runtime(server, translator):

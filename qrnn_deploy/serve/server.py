@@ -58,13 +58,36 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+class _InvalidUtf8Frame(logging.Filter):
+    """uvicorn logs a text frame that is not UTF-8 as an ERROR with a traceback (it closes the
+    connection with 1007, as RFC 6455 asks). That is a client's fault, and a client could fill
+    the log with tracebacks: it becomes one WARNING line."""
+
+    MSG = "Invalid UTF-8 sequence received from client."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == self.MSG:
+            record.msg, record.args = "closed a WebSocket with 1007: the client sent a text frame that is not UTF-8", ()
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _quiet_invalid_utf8() -> None:
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _InvalidUtf8Frame) for f in logger.filters):
+        logger.addFilter(_InvalidUtf8Frame())
+
+
 def uvicorn_config(app, cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000,
                    log_level: str = "info", access_log: bool = False) -> uvicorn.Config:
     # The app answers over-size messages with an error and keeps the connection; frames far over
     # the limit are cut by the WebSocket layer itself (close 1009) before they are buffered.
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
-                          lifespan="on", ws="websockets-sansio", ws_max_size=max(4 * cfg.max_message_bytes, 1 << 20),
-                          ws_per_message_deflate=False, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
+                            lifespan="on", ws="websockets-sansio", ws_max_size=max(4 * cfg.max_message_bytes, 1 << 20),
+                            ws_per_message_deflate=False, timeout_graceful_shutdown=5)
+    _quiet_invalid_utf8()  # after Config, which (re)configures uvicorn's loggers
+    return config
 
 
 def make_server(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
