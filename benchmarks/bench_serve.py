@@ -322,6 +322,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (server and baseline).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quantize", choices=["int8"], help="Serve (and measure the baselines on) an int8 bundle.")
+    ap.add_argument("--serve-option", action="append", default=[], metavar="OPTION",
+                    help="Extra option for `qrnn-deploy serve`, e.g. --serve-option=--flush-ms=4 (repeatable).")
     ap.add_argument("--build-only", metavar="DIR", help=argparse.SUPPRESS)
     args = ap.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
@@ -359,7 +361,7 @@ def main() -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "qrnn_deploy", "serve", str(bundle), "--port", str(port),
                              "--threads", str(args.threads), "--max-len", str(args.tokens), "--max-streams", "1024",
-                             "--log-level", "warning"], cwd=str(REPO), env=env)
+                             "--log-level", "warning", *args.serve_option], cwd=str(REPO), env=env)
     try:
         import httpx
 
