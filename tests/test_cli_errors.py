@@ -257,6 +257,7 @@ def test_bad_numbers_and_choices(args, message, tmp_path, tiny_dict, capsys):
     (["quickstart", "--threads", "0"], "--threads must be in 1..256"),
     (["serve", "nobundle", "--beam", "4", "--max-beam", "2"], "--max-beam (2) must be >= --beam (4)"),
     (["serve", "nobundle", "--max-beam", "5000"], "max_beam must be <= 1000"),
+    (["serve", "nobundle", "--flush-ms", "2", "--flush-max-ms", "1"], "flush_max_ms must be in [flush_ms (2), 100]"),
 ])
 def test_out_of_range_counts(args, message, tmp_path, tiny_dict, capsys, monkeypatch):
     monkeypatch.setenv("QRNN_BENCH_SMOKE", "1")

@@ -45,6 +45,10 @@ def serve(bundle: str = typer.Argument(..., help="Seq2seq bundle directory (writ
           flush_ms: float = typer.Option(1.0, "--flush-ms",
                                          help="Short steps: hand tokens to the network together, at most this "
                                               "late (first tokens never wait; 0 = every step)."),
+          flush_max_ms: Optional[float] = typer.Option(None, "--flush-max-ms",
+                                                       help="Under load the flush interval grows by 1/8 ms per "
+                                                            "stream being decoded, up to this (default: 4 or "
+                                                            "--flush-ms if more; = --flush-ms: no growth)."),
           drain_timeout: float = typer.Option(30.0, "--drain-timeout",
                                               help="SIGTERM: seconds to let open translations finish."),
           switch_interval_ms: float = typer.Option(0.2, "--switch-interval-ms", min=0.01,
@@ -69,6 +73,7 @@ def serve(bundle: str = typer.Argument(..., help="Seq2seq bundle directory (writ
                       max_source_chars=max_source_chars, idle_timeout=idle_timeout, send_timeout=send_timeout,
                       max_queued_sentences=max_queued_sentences, batch_wait_ms=batch_wait_ms,
                       max_batch_rows=max_batch_rows, flush_ms=flush_ms,
+                      flush_max_ms=flush_max_ms,
                       drain_timeout=drain_timeout, api_key=api_key).validate()
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)

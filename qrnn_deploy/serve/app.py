@@ -207,7 +207,7 @@ def create_app(model: TranslationModel, cfg: Optional[ServeConfig] = None, info:
     cfg = (cfg or ServeConfig()).validate()
     metrics = metrics or ServerMetrics()
     engine = Engine(model, metrics, batch_wait_ms=cfg.batch_wait_ms, max_batch_rows=cfg.max_batch_rows,
-                    flush_ms=cfg.flush_ms)
+                    flush_ms=cfg.flush_ms, flush_max_ms=cfg.flush_limit_ms())
     state = ServerState(engine, cfg, metrics, info)
 
     @contextlib.asynccontextmanager

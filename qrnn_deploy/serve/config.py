@@ -31,6 +31,9 @@ class ServeConfig:
     max_batch_rows: most rows (hypotheses) in one decoder call; more are split into several calls.
     flush_ms: when decoder steps are shorter than this, the tokens of consecutive steps are handed
       to the event loop together, at most this late (first tokens and done never wait); 0: every step.
+    flush_max_ms: under load the flush interval grows by 1/8 ms per translation being decoded
+      (32 -> 4 ms), up to this: fewer, larger token messages when there are many streams.
+      None: max(4, flush_ms); equal to flush_ms: no growth.
     drain_timeout: seconds SIGTERM waits for open streams to finish before the server stops.
     api_key: when set, every endpoint but /healthz needs it.
     """
@@ -48,6 +51,7 @@ class ServeConfig:
     batch_wait_ms: float = 1.0
     max_batch_rows: int = 512
     flush_ms: float = 1.0
+    flush_max_ms: Optional[float] = None
     drain_timeout: float = 30.0
     api_key: Optional[str] = None
 
@@ -71,6 +75,8 @@ class ServeConfig:
             (self.max_batch_rows >= self.max_beam,
              f"max_batch_rows ({self.max_batch_rows}) must be >= max_beam ({self.max_beam})"),
             (0 <= self.flush_ms <= 100, f"flush_ms must be in [0, 100], got {self.flush_ms}"),
+            (self.flush_max_ms is None or self.flush_ms <= self.flush_max_ms <= 100,
+             f"flush_max_ms must be in [flush_ms ({self.flush_ms:g}), 100], got {self.flush_max_ms}"),
             (self.drain_timeout >= 0, f"drain_timeout must be >= 0, got {self.drain_timeout}"),
             (self.api_key is None or len(self.api_key) > 0, "api_key must not be empty"),
         ]
@@ -78,6 +84,10 @@ class ServeConfig:
             if not ok:
                 raise ConfigError(f"serve: {msg}")
         return self
+
+    def flush_limit_ms(self) -> float:
+        """The most the flush interval grows to under load (flush_max_ms, resolved)."""
+        return max(4.0, self.flush_ms) if self.flush_max_ms is None else self.flush_max_ms
 
     def public(self) -> dict:
         """The settings a client may see (everything but the key)."""

@@ -43,6 +43,8 @@ __all__ = ["Engine", "EngineStopped", "Job", "TranslationModel"]
 
 log = logging.getLogger("qrnn_deploy.serve")
 
+FLUSH_PER_TRANSLATION = 1.25e-4  # s of flush interval per translation being decoded (32 -> 4 ms)
+
 
 class Engine:
     """Runs translations of `model` on two worker threads (encoder, decoder) with batched decoder steps.
@@ -51,11 +53,13 @@ class Engine:
     """
 
     def __init__(self, model: TranslationModel, metrics: Optional[ServerMetrics] = None,
-                 batch_wait_ms: float = 1.0, max_batch_rows: int = 512, flush_ms: float = 1.0):
+                 batch_wait_ms: float = 1.0, max_batch_rows: int = 512, flush_ms: float = 1.0,
+                 flush_max_ms: Optional[float] = None):
         self.model = model
         self.metrics = metrics or ServerMetrics()
         self.batch_wait = batch_wait_ms / 1000.0
         self.flush = flush_ms / 1000.0
+        self.flush_max = self.flush if flush_max_ms is None else max(self.flush, flush_max_ms / 1000.0)
         self.max_batch_rows = max_batch_rows
         self._cv = threading.Condition()  # guards _cmds (loop -> encoder thread) and _stop
         self._cmds: list = []
@@ -463,15 +467,19 @@ class Engine:
         Waking the loop costs a self-pipe write and a GIL hand-over between this thread and the
         loop, which under load costs more than a small model's step. So: no wake-up while one is
         pending (the loop takes everything queued by then), and when steps are short, tokens of
-        steps that end within `flush_ms` of the last wake-up go out together. First tokens,
-        done / error events and encoder results are never held back.
+        steps that end within the flush interval of the last wake-up go out together. The interval
+        is `flush_ms`, growing under load by FLUSH_PER_TRANSLATION per translation being decoded up
+        to `flush_max_ms`: every wake-up sends one message per stream, and with many streams the
+        messages (a system call and a GIL hand-over each) cost more than the model's steps.
+        First tokens, done / error events and encoder results are never held back.
         """
         now = time.perf_counter()
+        flush = min(self.flush_max, max(self.flush, len(self._active) * FLUSH_PER_TRANSLATION))
         with self._outbox_lock:
             self._outbox.extend(out)
             if self._wake_pending:
                 return
-            if not urgent and (now - self._last_wake) + self._last_step < self.flush:
+            if not urgent and (now - self._last_wake) + self._last_step < flush:
                 return  # the next step ends within the flush interval: send both together
             self._wake_pending = True
             self._last_wake = now
