@@ -93,5 +93,6 @@ class ServeConfig:
         """The settings a client may see (everything but the key)."""
         d = asdict(self)
         d.pop("api_key")
+        d["flush_max_ms"] = self.flush_limit_ms()
         d["auth"] = self.api_key is not None
         return d
