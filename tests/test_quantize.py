@@ -206,6 +206,7 @@ def test_cli_export_quantize_and_info(tmp_path, capsys):
     assert "quantized: int8-block, blocks of 32" in out and "quantized graphs verified" in out
     code, out, _ = cli("info", tmp_path / "b")
     assert code == 0 and "weights     int8-block, blocks of 32" in out
+    assert "matrix products int8: weights" in out and "int8 check  " in out and "{" not in out, out
     code, out, err = cli("translate", tmp_path / "b", "abc def")
     assert code == 0 and out.count("\n") == 1, err
     for args, needle in [(("--quantize", "int4"), "--quantize must be 'int8'"),

@@ -750,6 +750,11 @@ def test_encoding_failure_drops_the_sentence_and_keeps_the_connection(translator
 
         run(main())
         assert wait_for(lambda: srv.state.metrics.sessions.value() == 0)
+        # over HTTP the runtime's failure is the server's: 500, not 400
+        r = httpx.post(srv.url("/v1/translate"), json={"text": "g!g"}, timeout=30)
+        assert r.status_code == 500 and r.json()["error"]["code"] == "translate_failed", r.text
+        assert httpx.post(srv.url("/v1/translate"), json={"text": "gag"}, timeout=30).json()["text"] == \
+            expected[("gag", 1)]
 
 
 def _long_source(translator, candidates):

@@ -1,5 +1,6 @@
 """`qrnn-deploy export CHECKPOINT -o OUT_DIR` (a checkpoint -> a bundle) and `qrnn-deploy info BUNDLE`."""
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -138,6 +139,12 @@ def info(bundle: str = typer.Argument(..., help="A bundle directory.")):
     if isinstance(q, dict):
         echo(f"weights     {q.get('scheme')}, blocks of {q.get('block_size')} (onnxruntime's MatMulNBits; "
              "onnxruntime only)")
+        for role, g in (q.get("graphs") or {}).items():
+            try:
+                (n_q, n_all), (before, after) = g["matmuls"], g["weight_bytes"]
+                echo(f"  {role:<9} {n_q} of {n_all} matrix products int8: weights {_size(before)} -> {_size(after)}")
+            except (KeyError, TypeError, ValueError):
+                pass  # an older or hand-edited manifest: the summary above is enough
     else:
         echo("weights     float32")
     echo("config      " + ", ".join(f"{k}={v}" for k, v in m.config.items()))
@@ -168,6 +175,13 @@ def info(bundle: str = typer.Argument(..., help="A bundle directory.")):
              f"{_figure(v.get('max_abs_error'))}, max |chunked - whole| = {_figure(v.get('max_chunked_vs_whole'))}")
     else:
         echo("verified    no")
+    vq = meta.pop("verification_quantized", None)
+    if isinstance(vq, dict):
+        echo(f"int8 check  {vq.get('cases')} cases, max |int8 - torch| = {_figure(vq.get('max_abs_error'))} "
+             f"(tolerance {_figure(vq.get('tolerance'))} x max(1, |torch|)), max |chunked - whole| = "
+             f"{_figure(vq.get('max_chunked_vs_whole'))}")
     meta.pop("sizes", None)
+    meta.pop("quantization", None)  # the weights line
     for k, val in meta.items():
-        echo(f"{k:<12}{val}")
+        shown = json.dumps(val, separators=(", ", ": ")) if isinstance(val, (dict, list)) else val
+        echo(f"{k:<11} {shown}")

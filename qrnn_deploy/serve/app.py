@@ -162,9 +162,9 @@ async def translate(request: Request) -> Response:
         except EngineStopped as e:
             st.metrics.errors.inc(kind="draining")
             return _error(503, "draining", str(e), headers={"Retry-After": "1"})
-        except QRNNError as e:
+        except QRNNError as e:  # the runtime failed (the request itself was checked above)
             st.metrics.errors.inc(kind="translate_failed")
-            return _error(400, "translate_failed", str(e))
+            return _error(500, "translate_failed", str(e))
         finally:
             finish()
 

@@ -26,7 +26,6 @@ CLIENT_TYPES = ("source", "end", "reset", "ping")
 # WebSocket close codes the server uses (RFC 6455 section 7.4; 4xxx are ours).
 CLOSE_TRY_AGAIN_LATER = 1013  # too many streams, or the server is draining
 CLOSE_POLICY = 1008  # missing or wrong API key
-CLOSE_GOING_AWAY = 1001  # the server is shutting down
 CLOSE_IDLE = 4408  # idle timeout (like HTTP 408)
 
 

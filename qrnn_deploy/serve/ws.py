@@ -20,7 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from qrnn_deploy.errors import QRNNError
 from qrnn_deploy.serve.engine import EngineStopped, Job
-from qrnn_deploy.serve.protocol import (CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER,
+from qrnn_deploy.serve.protocol import (CLOSE_IDLE, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER,
                                         ProtocolError, check_source_length, decode_frame, decode_options,
                                         parse_message)
 from qrnn_deploy.serve.state import ServerState
@@ -239,7 +239,7 @@ class StreamConnection:
                 self.job = self.st.open_job()
             except EngineStopped as e:
                 await self.error(ProtocolError("draining", str(e)))
-                raise _Close(CLOSE_GOING_AWAY) from None
+                raise _Close(CLOSE_TRY_AGAIN_LATER) from None
         err = check_source_length(self.job.source_chars, text, self.cfg)
         if err is not None:
             self.job.close()
