@@ -312,6 +312,13 @@ def ms(x, q):
     return float(np.percentile(np.asarray(x) * 1e3, q)) if len(x) else float("nan")
 
 
+def _env() -> dict:
+    """This process's environment with the repository first on PYTHONPATH (packages carried on
+    PYTHONPATH, as on the GPU machine, stay visible to the subprocesses)."""
+    extra = os.environ.get("PYTHONPATH")
+    return dict(os.environ, PYTHONPATH=str(REPO) + (os.pathsep + extra if extra else ""))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=8.0, help="Load time per client count.")
@@ -346,7 +353,7 @@ def main() -> None:
     r = subprocess.run([sys.executable, __file__, "--build-only", str(bundle), "--fo-pool", fo_pool,
                         "--seed", str(args.seed)] + (["--quantize", args.quantize] if args.quantize else []),
                        capture_output=True, text=True, cwd=str(REPO),
-                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+                       env=_env())
     if r.returncode != 0:
         raise SystemExit(f"building the bundle failed:\n{r.stderr}")
     info = json.loads(r.stdout.strip().splitlines()[-1])
@@ -358,7 +365,7 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = _env()
     proc = subprocess.Popen([sys.executable, "-m", "qrnn_deploy", "serve", str(bundle), "--port", str(port),
                              "--threads", str(args.threads), "--max-len", str(args.tokens), "--max-streams", "1024",
                              "--log-level", "warning", *args.serve_option], cwd=str(REPO), env=env)

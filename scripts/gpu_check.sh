@@ -3,7 +3,8 @@
 # not yet timed): GPU tests, then scripts/gpu_check.py (kernel build, parity of the CUDA kernels, of
 # torch.ops.qrnn.fo_pool and of the TensorRT AOT PTX against a float64 reference, bandwidth,
 # the paper's Figure 4 table, the LM training step). Results go to $OUT (default gpu_check_out/):
-# benchmarks-gpu.md (paste into docs/benchmarks-gpu.md), gpu_check.json, pytest-gpu.txt.
+# benchmarks-gpu.md (paste into docs/benchmarks-gpu.md), gpu_check.json, pytest-gpu.txt, and
+# bench-serve.txt (the server's batching on the machine's CPU cores, when its packages are there).
 # Needs: python3 with a CUDA build of PyTorch, nvcc, nvidia-smi. Nothing is downloaded.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,21 @@ python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_gpu.py 2>&1 | ta
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 python3 scripts/gpu_check.py --out "$OUT_DIR" || status=1
+
+# Issue 7 on a bigger CPU (the device machine has 16 cores; ours 2): the server's batching ratio.
+# Needs uvicorn, starlette and websockets, which that machine lacks: carry them as wheels in .whl/
+# (DEVELOPERS.md says how). Informational: it does not change the exit status.
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/serve-site .whl/*.whl \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/serve-site
+fi
+if python3 -c "import uvicorn, starlette, websockets, httpx" 2>/dev/null; then
+  echo "== bench_serve on $(nproc) CPU cores"
+  timeout 240 python3 benchmarks/bench_serve.py --clients 1,8,32 --seconds 6 --rounds 10 2>&1 | tail -n 20 \
+    | tee "$OUT_DIR/bench-serve.txt"
+else
+  echo "bench_serve skipped: uvicorn / starlette / websockets / httpx are not importable here"
+fi
 rm -rf "$QRNN_CACHE_DIR"
 echo "gpu_check: exit status $status (0 = every check passed); results in $OUT_DIR"
 exit $status
