@@ -267,7 +267,8 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
         torch.manual_seed(cfg.seed)
         vocab = None
     if valid_every_s is not None:
-        if not (isinstance(valid_every_s, (int, float)) and math.isfinite(valid_every_s) and valid_every_s > 0):
+        if (isinstance(valid_every_s, bool) or not isinstance(valid_every_s, (int, float))
+                or not math.isfinite(valid_every_s) or valid_every_s <= 0):
             raise ConfigError(f"train: valid_every_s must be a positive number of seconds, got {valid_every_s!r}")
         cfg = replace(cfg, valid_every_s=float(valid_every_s))
     vocab, tr_src, tr_tgt, va_src, va_tgt, va_pairs = prepare_data(splits, cfg, vocab)

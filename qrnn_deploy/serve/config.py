@@ -9,6 +9,14 @@ from qrnn_deploy.limits import LENGTH_PENALTY_RANGE, MAX_BEAM, MAX_DECODE_LEN
 from qrnn_deploy.errors import ConfigError
 
 
+DEFAULT_FLUSH_MAX_MS = 4.0  # reached at 32 streams being decoded (1/8 ms each)
+
+
+def flush_limit_ms(flush_ms: float, flush_max_ms: Optional[float]) -> float:
+    """flush_max_ms, or by default DEFAULT_FLUSH_MAX_MS (flush_ms when that is longer)."""
+    return max(DEFAULT_FLUSH_MAX_MS, flush_ms) if flush_max_ms is None else max(flush_ms, flush_max_ms)
+
+
 @dataclass
 class ServeConfig:
     """What `qrnn-deploy serve` takes besides the bundle. Every limit is enforced per request.
@@ -87,7 +95,7 @@ class ServeConfig:
 
     def flush_limit_ms(self) -> float:
         """The most the flush interval grows to under load (flush_max_ms, resolved)."""
-        return max(4.0, self.flush_ms) if self.flush_max_ms is None else self.flush_max_ms
+        return flush_limit_ms(self.flush_ms, self.flush_max_ms)
 
     def public(self) -> dict:
         """The settings a client may see (everything but the key)."""

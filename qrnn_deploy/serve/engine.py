@@ -36,6 +36,7 @@ import time
 from typing import Optional
 
 from qrnn_deploy.errors import QRNNError, StreamError
+from qrnn_deploy.serve.config import flush_limit_ms
 from qrnn_deploy.serve.job import EngineStopped, Job, TranslationModel, _as_qrnn_error
 from qrnn_deploy.serve.metrics import ServerMetrics
 
@@ -59,7 +60,7 @@ class Engine:
         self.metrics = metrics or ServerMetrics()
         self.batch_wait = batch_wait_ms / 1000.0
         self.flush = flush_ms / 1000.0
-        self.flush_max = self.flush if flush_max_ms is None else max(self.flush, flush_max_ms / 1000.0)
+        self.flush_max = flush_limit_ms(flush_ms, flush_max_ms) / 1000.0
         self.max_batch_rows = max_batch_rows
         self._cv = threading.Condition()  # guards _cmds (loop -> encoder thread) and _stop
         self._cmds: list = []

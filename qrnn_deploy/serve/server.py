@@ -87,8 +87,9 @@ def uvicorn_config(app, cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8
     # faster at 32 streams and 6-10% slower at one (docs/benchmarks.md), so the loop is the same
     # everywhere.
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
-                            lifespan="on", loop="asyncio", ws="websockets-sansio", ws_max_size=max(4 * cfg.max_message_bytes, 1 << 20),
-                            ws_per_message_deflate=False, timeout_graceful_shutdown=5)
+                            lifespan="on", loop="asyncio", ws="websockets-sansio",
+                            ws_max_size=max(4 * cfg.max_message_bytes, 1 << 20), ws_per_message_deflate=False,
+                            timeout_graceful_shutdown=5)
     _quiet_invalid_utf8()  # after Config, which (re)configures uvicorn's loggers
     return config
 
