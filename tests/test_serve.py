@@ -449,6 +449,45 @@ def test_client_that_stops_reading_is_dropped(translator):
                         and srv.state.metrics.decoding.value() == 0)
 
 
+def test_dropping_sentences_whose_pumps_never_ran_frees_them(translator):
+    """A connection dropped (send timeout, disconnect, reset) right after ending sentences
+    cancels pump tasks that have not taken a first step; such a task never runs its body, so
+    drop_all itself must close their translations (before, under load, one stayed open for good
+    and CI caught it)."""
+    from qrnn_deploy.serve import Engine
+    from qrnn_deploy.serve.state import ServerState
+    from qrnn_deploy.serve.ws import StreamConnection
+
+    class Socket:  # never sent to: the pumps are cancelled before they run
+        async def send_text(self, text):
+            raise AssertionError("nothing is sent")
+
+    async def main():
+        cfg = ServeConfig(max_len=MAX_LEN).validate()
+        metrics = ServerMetrics()
+        e = Engine(translator, metrics)
+        st = ServerState(e, cfg, metrics)
+        e.start()
+        try:
+            conn = StreamConnection(Socket(), st)
+            for text in SOURCES[:3]:
+                await conn.handle({"type": "source", "text": text})
+                await conn.handle({"type": "end"})
+            assert e.jobs_open == 3 and len(conn.pumps) == 3
+            assert not any(p.done() for p in conn.pumps)  # no pump has had a step yet
+            await conn.drop_all()
+            assert e.jobs_open == 0 and not conn.decoding()
+            for _ in range(500):
+                if metrics.sessions.value() == 0 and metrics.decoding.value() == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert metrics.sessions.value() == 0 and metrics.decoding.value() == 0
+        finally:
+            e.stop()
+
+    run(main())
+
+
 def test_idle_timeout_waits_for_sentences_being_decoded(translator, expected):
     """Silence while an ended sentence is decoded is not idleness, even when the client has
     already started the next sentence's source."""

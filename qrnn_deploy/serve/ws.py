@@ -131,6 +131,7 @@ class StreamConnection:
         self.ws, self.st, self.cfg = ws, st, st.cfg
         self.job: Optional[Job] = None  # the sentence whose source is arriving
         self.pumps: list = []  # tasks forwarding ended sentences, oldest first
+        self._pump_jobs: dict = {}  # pump task -> its job (closed by drop_all if the task never ran)
         self.feeds: list = []  # futures of source pieces posted and not yet encoded
         self._send_lock = asyncio.Lock()
         self.stalled = False  # a send timed out: the connection is being dropped
@@ -142,6 +143,8 @@ class StreamConnection:
     def decoding(self) -> bool:
         """Whether ended sentences of this connection are still being decoded or sent."""
         self.pumps = [p for p in self.pumps if not p.done()]
+        if len(self._pump_jobs) > len(self.pumps):
+            self._pump_jobs = {p: self._pump_jobs[p] for p in self.pumps}
         return bool(self.pumps)
 
     async def send(self, obj: dict) -> None:
@@ -221,7 +224,9 @@ class StreamConnection:
                 job.close()
                 raise ProtocolError("draining", f"{e}; the sentence was dropped") from None
             prev = self.pumps[-1] if self.pumps else None
-            self.pumps.append(asyncio.ensure_future(self.pump(job, prev, beam)))
+            task = asyncio.ensure_future(self.pump(job, prev, beam))
+            self.pumps.append(task)
+            self._pump_jobs[task] = job
         elif kind == "reset":
             await self.drop_all()
             await self.send({"type": "reset"})
@@ -315,8 +320,14 @@ class StreamConnection:
             self.job.close()
             self.job = None
         pumps, self.pumps = self.pumps, []
+        jobs, self._pump_jobs = self._pump_jobs, {}
         for p in pumps:
             p.cancel()
+            # A task cancelled before its first step never runs its body, so the pump's own
+            # `finally` cannot be relied on to free the translation: close it here (idempotent).
+            job = jobs.get(p)
+            if job is not None:
+                job.close()
         if pumps:
             await asyncio.gather(*pumps, return_exceptions=True)
 
