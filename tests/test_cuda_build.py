@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 NVCC = _cuda_kernels.find_nvcc()
 pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not found: CUDA sources are not compiled here")
 
-CU_FILES = sorted(p.relative_to(ROOT) for p in (ROOT / "plugins").rglob("*.cu"))
+# Sources only: a local CMake build directory (plugins/build*) holds CMake's own probe files.
+CU_FILES = sorted(p.relative_to(ROOT) for p in (ROOT / "plugins").rglob("*.cu")
+                  if not any(part.startswith("build") for part in p.relative_to(ROOT / "plugins").parts[:-1]))
 CODES = _cuda_kernels.DTYPE_CODES
 P_OF = {"f": 2, "fo": 3, "ifo": 4}
 
