@@ -9,6 +9,7 @@ from qrnn_deploy.cli.app import app
 from qrnn_deploy.cli import demo  # noqa: F401  (registers commands)
 from qrnn_deploy.cli import translate  # noqa: F401
 from qrnn_deploy.cli import export  # noqa: F401  (export, info)
+from qrnn_deploy.cli import verify  # noqa: F401  (verify)
 from qrnn_deploy.cli import serve  # noqa: F401
 from qrnn_deploy.cli import bench  # noqa: F401
 from qrnn_deploy.cli import train  # noqa: F401  (train)

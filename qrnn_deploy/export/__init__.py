@@ -6,7 +6,7 @@ Arrows: cli -> export -> nn. Modules:
 - builder.py    a small onnx.helper graph builder
 - nodes.py      the one place FoPool is written into a graph (custom node or standard ops)
 - graphs.py     layers and whole models as streaming graphs
-- verify.py     onnxruntime vs PyTorch, chunked vs whole
+- verify.py     onnxruntime vs PyTorch, chunked vs whole (at export, or of a bundle already written)
 - reference.py  FoPool for onnx.reference.ReferenceEvaluator
 - exporter.py   export_bundle
 """
@@ -15,7 +15,7 @@ from qrnn_deploy.export.exporter import DEFAULT_OPSET, export_bundle, resolve_vo
 from qrnn_deploy.export.graphs import model_graphs
 from qrnn_deploy.export.nodes import VARIANTS, emit_fo_pool
 from qrnn_deploy.export.schema import register_fo_pool_schema
-from qrnn_deploy.export.verify import verify_graphs
+from qrnn_deploy.export.verify import verify_bundle, verify_graphs
 
 __all__ = ["export_bundle", "resolve_vocab", "model_graphs", "emit_fo_pool", "register_fo_pool_schema",
-           "verify_graphs", "VARIANTS", "DEFAULT_OPSET"]
+           "verify_graphs", "verify_bundle", "VARIANTS", "DEFAULT_OPSET"]

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from qrnn_deploy.errors import BuildError, ExportError, QRNNError, VerificationError
+from qrnn_deploy.errors import BuildError, ConfigError, ExportError, QRNNError, VerificationError
 
 DEFAULT_TOL = 1e-4
 # (B, T) of whole-sequence cases, and the chunkings of a T = 9 sequence.
@@ -160,10 +160,11 @@ def _compare_states(errs: _Errors, spec, res: dict, state, what: str) -> None:
 # Per model type.
 
 
-def _verify_stack(model, spec, run, errs: _Errors, rng: np.random.Generator, per_step: bool) -> None:
-    """LM (`per_step`: logits [B, T, V]) or classifier (logits [B, C] of the last step)."""
-    V = model.config.vocab_size
-    for B, T in WHOLE_CASES:
+def _verify_stack(model, spec, run, errs: _Errors, rng: np.random.Generator, per_step: bool, cfg) -> None:
+    """LM (`per_step`: logits [B, T, V]) or classifier (logits [B, C] of the last step). Without
+    a model (None) only chunked streaming against one whole pass is checked."""
+    V = cfg.vocab_size
+    for B, T in WHOLE_CASES if model is not None else []:
         tokens = rng.integers(0, V, (B, T))
         want, state = model(torch.from_numpy(tokens))
         res = run({"tokens": tokens, **_zeros(spec, B)})
@@ -177,8 +178,9 @@ def _verify_stack(model, spec, run, errs: _Errors, rng: np.random.Generator, per
         states, parts, t0, tstate = _zeros(spec, B), [], 0, None
         for n in chunks:
             res = run({"tokens": tokens[:, t0:t0 + n], **states})
-            want, tstate = model(torch.from_numpy(tokens[:, t0:t0 + n]), tstate)
-            errs.torch(res["logits"], _t(want), f"chunk {t0}:{t0 + n} of {chunks}")
+            if model is not None:
+                want, tstate = model(torch.from_numpy(tokens[:, t0:t0 + n]), tstate)
+                errs.torch(res["logits"], _t(want), f"chunk {t0}:{t0 + n} of {chunks}")
             parts.append(res["logits"])
             states, t0 = _next_states(spec, res), t0 + n
         got = np.concatenate(parts, 1) if per_step else parts[-1]
@@ -188,13 +190,15 @@ def _verify_stack(model, spec, run, errs: _Errors, rng: np.random.Generator, per
         errs.cases += 1
 
 
-def _verify_seq2seq(model, specs: dict, runs: dict, errs: _Errors, rng: np.random.Generator) -> None:
-    cfg = model.config
+def _verify_seq2seq(model, specs: dict, runs: dict, errs: _Errors, rng: np.random.Generator, cfg) -> None:
+    """Encoder and decoder against the model, and each streamed chunk by chunk against one whole
+    pass. Without a model (None) only the streaming checks run, the decoder's context coming from
+    the encoder graph."""
     L = cfg.num_layers
     enc_spec, dec_spec = specs["encoder"], specs["decoder"]
     enc, dec = runs["encoder"], runs["decoder"]
     cond_names = [f"cond_{l}" for l in range(L)]
-    for B, T in WHOLE_CASES:
+    for B, T in WHOLE_CASES if model is not None else []:
         src = rng.integers(0, cfg.src_vocab_size, (B, T))
         memory, cond, state = model.encode(torch.from_numpy(src))
         res = enc({"src": src, **_zeros(enc_spec, B)})
@@ -223,11 +227,15 @@ def _verify_seq2seq(model, specs: dict, runs: dict, errs: _Errors, rng: np.rando
     # Decoder on a padded batch of sources (memory_mask 0 past each row's length).
     lengths = np.array([S, 4, 1])[:B]
     mask = (np.arange(S)[None, :] < lengths[:, None])
-    memory, cond, _ = model.encode(torch.from_numpy(src), None, torch.from_numpy(lengths))
-    ctx = {"memory": _t(memory), "memory_mask": mask.astype(np.float32),
-           **{n: _t(c) for n, c in zip(cond_names, cond)}}
-    mask_t = torch.from_numpy(mask)
-    for T in (1, 6):
+    if model is not None:
+        memory, cond, _ = model.encode(torch.from_numpy(src), None, torch.from_numpy(lengths))
+        ctx = {"memory": _t(memory), "memory_mask": mask.astype(np.float32),
+               **{n: _t(c) for n, c in zip(cond_names, cond)}}
+        mask_t = torch.from_numpy(mask)
+    else:  # the whole pass's memory (rows past a source's length are masked) and conditioning
+        ctx = {"memory": whole["memory"], "memory_mask": mask.astype(np.float32),
+               **{n: whole[n] for n in cond_names}}
+    for T in (1, 6) if model is not None else []:
         tgt = rng.integers(0, cfg.tgt_vocab_size, (B, T))
         want, state = model.decode(torch.from_numpy(tgt), memory, mask_t, cond)
         res = dec({"tgt": tgt, **ctx, **_zeros(dec_spec, B)})
@@ -241,8 +249,9 @@ def _verify_seq2seq(model, specs: dict, runs: dict, errs: _Errors, rng: np.rando
         states, parts, t0, tstate = _zeros(dec_spec, B), [], 0, None
         for n in chunks:
             res = dec({"tgt": tgt[:, t0:t0 + n], **ctx, **states})
-            want, tstate = model.decode(torch.from_numpy(tgt[:, t0:t0 + n]), memory, mask_t, cond, tstate)
-            errs.torch(res["logits"], _t(want), f"decoder chunk {t0}:{t0 + n} of {chunks}")
+            if model is not None:
+                want, tstate = model.decode(torch.from_numpy(tgt[:, t0:t0 + n]), memory, mask_t, cond, tstate)
+                errs.torch(res["logits"], _t(want), f"decoder chunk {t0}:{t0 + n} of {chunks}")
             parts.append(res["logits"])
             states, t0 = _next_states(dec_spec, res), t0 + n
         errs.stream(np.concatenate(parts, 1), whole["logits"], f"decoder chunked {chunks} vs whole: logits")
@@ -267,13 +276,110 @@ def verify_graphs(model, paths: dict, specs: dict, variant: str, tol: float = DE
     torch.set_num_threads(1)
     try:
         with torch.no_grad():
-            if model.model_type == "seq2seq":
-                _verify_seq2seq(model, specs, runs, errs, rng)
-            else:
-                role = "lm" if model.model_type == "language_model" else "classifier"
-                _verify_stack(model, specs[role], runs[role], errs, rng, per_step=role == "lm")
+            _verify_model_type(model.model_type, model, model.config, specs, runs, errs, rng)
     finally:
         model.train(was_training)
         torch.set_num_threads(threads)
     return {"engine": engine_name, "tolerance": tol, "stream_tolerance": errs.stream_tol, "max_abs_error": errs.vs_torch,
             "max_chunked_vs_whole": errs.chunked, "cases": errs.cases}
+
+
+def _verify_model_type(model_type: str, model, cfg, specs: dict, runs: dict, errs: _Errors,
+                       rng: np.random.Generator) -> None:
+    if model_type == "seq2seq":
+        _verify_seq2seq(model, specs, runs, errs, rng, cfg)
+    else:
+        role = "lm" if model_type == "language_model" else "classifier"
+        _verify_stack(model, specs[role], runs[role], errs, rng, per_step=role == "lm", cfg=cfg)
+
+
+# ----------------------------------------------------------------------------------------------
+# A bundle already written.
+
+
+def _config_differences(bundle_cfg: dict, model_cfg: dict) -> list:
+    keys = sorted(set(bundle_cfg) | set(model_cfg))
+    norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731 (JSON has no tuples)
+    return [f"{k}: bundle {bundle_cfg.get(k)!r}, checkpoint {model_cfg.get(k)!r}"
+            for k in keys if norm(bundle_cfg.get(k)) != norm(model_cfg.get(k))]
+
+
+def _sides(vocab: dict) -> tuple:
+    """(source, target) vocabulary entries: one shared vocabulary is both."""
+    return (vocab["src"], vocab["tgt"]) if "src" in vocab else (vocab, vocab)
+
+
+def check_model_fits_bundle(model, manifest) -> None:
+    """Raises VerificationError (naming the first differences) when `model` is not the model the
+    bundle was exported from as far as the manifest can tell: model type, config, vocabulary."""
+    from qrnn_deploy.export.exporter import resolve_vocab
+
+    if model.model_type != manifest.model_type:
+        raise VerificationError(f"the checkpoint is a {model.model_type} model, the bundle a {manifest.model_type}")
+    diffs = _config_differences(manifest.config, dict(model.config.__dict__))
+    if diffs:
+        more = f" (and {len(diffs) - 2} more)" if len(diffs) > 2 else ""
+        raise VerificationError("the checkpoint's config differs from the bundle's: " + "; ".join(diffs[:2]) + more)
+    vocab = resolve_vocab(model)
+    if vocab is not None and manifest.vocab is not None and _sides(vocab) != _sides(manifest.vocab):
+        raise VerificationError("the checkpoint's vocabulary differs from the bundle's: a bundle decodes "
+                                "tokens with its own vocabulary, so its translations would be other text")
+
+
+def verify_bundle(bundle_dir, model=None, tol: Optional[float] = None, seed: int = 0,
+                  engine: str = "auto") -> dict:
+    """Checks the bundle at `bundle_dir` again, as `export` did before writing it: with `model`
+    (the PyTorch model it was exported from), every graph output and next state against the model
+    and chunked streaming against one whole pass; without, the streaming check only (what a
+    runtime relies on, and all that can be checked without the model).
+
+    tol: default 1e-4, or the export's quantized tolerance for an int8 bundle (its streaming
+    check stays at 1e-4). Returns {"engine", "tolerance", "stream_tolerance", "max_abs_error"
+    (None without a model), "max_chunked_vs_whole", "cases", "compared_with_model"}.
+    Raises BundleError (no bundle), ConfigError (bad options), VerificationError (a mismatch, or a
+    model that is not the bundle's), BuildError (no engine can run the graphs).
+    """
+    from types import SimpleNamespace
+
+    from qrnn_deploy.bundle import load_manifest
+    from qrnn_deploy.export.exporter import QUANTIZED_TOL
+
+    if tol is not None and not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol > 0):
+        raise ConfigError(f"tol must be a number > 0, got {tol!r}")
+    if engine not in ("auto", "onnxruntime", "reference"):
+        raise ConfigError(f"engine must be 'auto', 'onnxruntime' or 'reference', got {engine!r}")
+    manifest = load_manifest(bundle_dir)
+    quantized = isinstance(manifest.metadata.get("quantization"), dict)
+    if quantized and engine == "reference":
+        raise ConfigError("an int8 bundle runs on onnxruntime only (MatMulNBits): the reference "
+                          "evaluator cannot check it")
+    if model is not None:
+        check_model_fits_bundle(model, manifest)
+    root = Path(bundle_dir)
+    paths = {role: root / g.file for role, g in manifest.graphs.items()}
+    runs, engine_name = make_runners(paths, manifest.fo_pool, "onnxruntime" if quantized else engine)
+    stream_tol = DEFAULT_TOL
+    errs = _Errors(tol if tol is not None else (QUANTIZED_TOL if quantized else DEFAULT_TOL), stream_tol)
+    rng = np.random.default_rng(seed)
+    cfg = model.config if model is not None else SimpleNamespace(**manifest.config)
+    try:
+        cfg_sizes = [getattr(cfg, k) for k in (("src_vocab_size", "tgt_vocab_size", "num_layers")
+                                                if manifest.model_type == "seq2seq" else ("vocab_size",))]
+    except AttributeError as e:
+        raise VerificationError(f"{root}: the manifest's config lacks {e.name!r}") from None
+    if not all(isinstance(v, int) and v > 0 for v in cfg_sizes):
+        raise VerificationError(f"{root}: the manifest's config has sizes that are not positive integers")
+    was_training, threads = (model.training if model is not None else False), torch.get_num_threads()
+    if model is not None:
+        model.eval()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            _verify_model_type(manifest.model_type, model, cfg, manifest.graphs, runs, errs, rng)
+    finally:
+        if model is not None:
+            model.train(was_training)
+        torch.set_num_threads(threads)
+    return {"engine": engine_name, "tolerance": errs.tol, "stream_tolerance": errs.stream_tol,
+            "max_abs_error": errs.vs_torch if model is not None else None,
+            "max_chunked_vs_whole": errs.chunked, "cases": errs.cases, "compared_with_model": model is not None}
