@@ -158,7 +158,7 @@ def test_usage_errors_exit_2(seq2seq, tmp_path, capsys):
     for args, text in [((str(tmp_path / "none"),), "bundle not found"),
                        ((str(bundle), str(tmp_path / "none.safetensors")), "checkpoint not found"),
                        ((str(bundle), str(tmp_path)), "is a directory"),
-                       ((str(bundle), "--engine", "tensorrt"), "--engine must be one of"),
+                       ((str(bundle), "--engine", "cuda"), "--engine must be one of"),
                        ((str(bundle), "--tol", "-1"), "--tol must be a positive number"),
                        ((str(bundle), "--translations", "-1"), "--translations must be >= 0"),
                        ((str(bundle), "--source", "abc"), "--source is for a seq2seq bundle checked against"),
@@ -167,3 +167,79 @@ def test_usage_errors_exit_2(seq2seq, tmp_path, capsys):
         assert code == 2 and err.startswith("error: ") and text in err and err.count("\n") == 1, (args, err)
     with pytest.raises(ConfigError):
         verify_bundle(bundle, tol=0)
+
+
+def test_runners_of_another_engine_are_checked_alike(seq2seq):
+    """verify_bundle(runners=...) checks the graphs as another engine runs them (the CLI passes
+    TensorRT engines this way); here the runtime's own onnxruntime runners, and a wrong one."""
+    from qrnn_deploy.bundle import load_manifest
+    from qrnn_deploy.runtime.backends import create_runner
+
+    bundle, _, model = seq2seq
+    man = load_manifest(bundle)
+    runners = {role: create_runner("onnxruntime", bundle, man, role, threads=1).run for role in man.graphs}
+    r = verify_bundle(bundle, model, engine="runtime onnxruntime", runners=runners)
+    assert r["engine"] == "runtime onnxruntime" and r["max_abs_error"] <= 1e-4 and r["cases"] == 9
+
+    def off(run):
+        return lambda feeds: {k: (v + 0.05 if k == "logits" else v) for k, v in run(feeds).items()}
+
+    with pytest.raises(VerificationError, match="decoder logits"):
+        verify_bundle(bundle, model, engine="shifted", runners={**runners, "decoder": off(runners["decoder"])})
+    assert verify_bundle(bundle, model, engine="shifted", tol=1.0,
+                         runners={**runners, "decoder": off(runners["decoder"])})["max_abs_error"] >= 0.05 - 1e-6
+    with pytest.raises(ConfigError, match="runners are for graphs"):
+        verify_bundle(bundle, model, engine="x", runners={"encoder": runners["encoder"]})
+
+
+def test_tensorrt_engine_check_fails_cleanly_without_tensorrt(seq2seq, tmp_path, capsys):
+    import json
+    import shutil
+
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed: this checks machines without it")
+    except ImportError:
+        pass
+    bundle, ckpt, _ = seq2seq
+    code, _, err = run_cli(capsys, "verify", str(bundle), str(ckpt), "--engine", "tensorrt")
+    assert code == 2 and "no TensorRT engine for graph" in err and "build-engine" in err
+    # A bundle that lists engines (as build-engine writes them) on a machine without TensorRT.
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    man = json.loads((copy / "manifest.json").read_text())
+    man["engines"] = {role: {"file": f"{role}.fp32.plan", "precision": "fp32", "plugin": "aot"}
+                      for role in man["graphs"]}
+    (copy / "manifest.json").write_text(json.dumps(man))
+    code, out, err = run_cli(capsys, "verify", str(copy), str(ckpt), "--engine", "tensorrt")
+    assert code == 2 and err.startswith("error: ") and "tensorrt" in err.lower() and err.count("\n") == 1
+
+
+def test_tensorrt_engines_checked_behind_stand_ins(seq2seq, tmp_path, monkeypatch, capsys):
+    """`verify --engine tensorrt` end to end through the runtime's TensorRT backend, with the
+    stand-ins of tensorrt and cuda-python from test_tensorrt_runtime.py (their "engine" runs the
+    ONNX graph on onnxruntime): the engines' graphs, streaming and translations are checked."""
+    from test_tensorrt_runtime import _FakeCudart, _fake_tensorrt
+
+    from qrnn_deploy.bundle import EngineSpec, load_manifest
+    from qrnn_deploy.export.tensorrt_engine import engine_profiles
+    from qrnn_deploy.runtime import tensorrt_backend
+
+    _, ckpt, model = seq2seq
+    b = tmp_path / "b"
+    export_bundle(model, b, fo_pool="portable", verify=False, vocab=VOCAB)
+    man = load_manifest(b)
+    for role in man.graphs:
+        (b / f"{role}.fp32.plan").write_bytes((b / f"{role}.onnx").read_bytes())
+        man.engines[role] = EngineSpec(file=f"{role}.fp32.plan", plugin="none",
+                                       profiles=engine_profiles(man, role, max_batch=4, max_chunk=16, max_source=32))
+    man.write(b)
+    cudart = _FakeCudart()
+    monkeypatch.setattr(tensorrt_backend, "_import_tensorrt", lambda: _fake_tensorrt(cudart))
+    monkeypatch.setattr(tensorrt_backend, "_import_cuda_runtime", lambda: cudart)
+    code, out, err = run_cli(capsys, "verify", str(b), str(ckpt), "--engine", "tensorrt", *TEXTS[:4])
+    assert code == 0, err
+    assert "graphs      on tensorrt: 9 cases" in out and "(tolerance 0.002)" in out
+    assert "2 of 2 greedy translations identical" in out and out.rstrip().endswith("OK")
+    code, out, err = run_cli(capsys, "verify", str(b), "--engine", "tensorrt")
+    assert code == 0 and "graphs      on tensorrt: 4 cases" in out, err

@@ -17,7 +17,10 @@ import typer
 from qrnn_deploy.cli.app import app
 from qrnn_deploy.cli.options import check_at_least, check_positive
 
-ENGINES = ("auto", "onnxruntime", "reference")
+ENGINES = ("auto", "onnxruntime", "reference", "tensorrt")
+# Default tolerances of TensorRT engines (x max(1, |reference|)): fp32 engines run their matrix
+# products in TF32 on Ampere and later (TensorRT's default), fp16 engines in half precision.
+TENSORRT_TOL = {"fp32": 2e-3, "fp16": 2e-2}
 
 
 def random_sources(n: int, src_vocab_size: int, seed: int) -> list:
@@ -33,7 +36,8 @@ def random_sources(n: int, src_vocab_size: int, seed: int) -> list:
     return [rng.integers(lo, src_vocab_size, int(rng.integers(3, 13))).tolist() for _ in range(n)]
 
 
-def compare_translations(bundle_dir: str, model, n: int, seed: int, texts: Optional[list] = None) -> dict:
+def compare_translations(bundle_dir: str, model, n: int, seed: int, texts: Optional[list] = None,
+                         backend: str = "onnxruntime") -> dict:
     """Greedy translations by the runtime (the bundle, no PyTorch) and by `model`, token by token,
     of `texts` (encoded with the bundle's source vocabulary) or else of `n` random sources.
     Returns {"n", "identical", "tokens" (PyTorch's, all sources), "first_difference": None or
@@ -42,7 +46,7 @@ def compare_translations(bundle_dir: str, model, n: int, seed: int, texts: Optio
     from qrnn_deploy.nn.batching import greedy_decode_batch
     from qrnn_deploy.runtime import load_bundle
 
-    bundle = load_bundle(bundle_dir, threads=1)
+    bundle = load_bundle(bundle_dir, backend=backend, threads=1)
     if texts:
         if bundle.src_vocab is None:
             raise ConfigError("--source needs a bundle with a vocabulary (this one takes token ids only)")
@@ -81,13 +85,16 @@ def verify(bundle: str = typer.Argument(..., help="A bundle directory (written b
                                                help="Largest |onnx - torch| allowed, times max(1, |torch|) "
                                                     "(default 1e-4; 0.1 for an int8 bundle)."),
            engine: str = typer.Option("auto", "--engine",
-                                      help="onnxruntime, reference (onnx.reference with the numpy FoPool) or "
+                                      help="onnxruntime, reference (onnx.reference with the numpy FoPool), "
                                            "auto (onnxruntime; the reference evaluator when a custom-op graph "
-                                           "finds no FoPool library)."),
+                                           "finds no FoPool library) or tensorrt (the bundle's TensorRT "
+                                           "engines, from build-engine; default --tol 2e-3 for fp32 engines, "
+                                           "2e-2 for fp16)."),
            translations: int = typer.Option(8, "--translations",
                                             help="seq2seq with a checkpoint: greedy translations of this many "
                                                  "random sources, runtime against PyTorch token by token (0: "
-                                                 "none). Every one must be identical unless the bundle is int8."),
+                                                 "none). Every one must be identical, except on int8 weights or "
+                                                 "TensorRT engines (reported only)."),
            source: Optional[list[str]] = typer.Option(None, "--source",
                                                       help="A source text to translate instead of the random "
                                                            "ones (repeatable; needs the bundle's vocabulary)."),
@@ -111,6 +118,21 @@ def verify(bundle: str = typer.Argument(..., help="A bundle directory (written b
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
     from qrnn_deploy.export.verify import verify_bundle
 
+    runners, stream_tol, approximate = None, None, isinstance(manifest.metadata.get("quantization"), dict)
+    if engine == "tensorrt":
+        missing = [role for role in manifest.graphs if role not in manifest.engines]
+        if missing:
+            raise ConfigError(f"{bundle} has no TensorRT engine for graph {missing[0]!r}: build them with "
+                              f"`qrnn-deploy build-engine {bundle}`")
+        from qrnn_deploy.runtime.backends import create_runner
+
+        # Loads each engine (BuildError where TensorRT or a GPU is missing): exit 2, nothing checked.
+        runners = {role: create_runner("tensorrt", bundle, manifest, role, threads=1).run for role in manifest.graphs}
+        precisions = {e.precision for e in manifest.engines.values()}
+        if tol is None:
+            tol = max(TENSORRT_TOL.get(p, TENSORRT_TOL["fp16"]) for p in precisions)
+        stream_tol = tol  # the decode and chunk profiles run different kernels
+        approximate = True  # TF32 or fp16 arithmetic can flip a near tie between two tokens
     model = None
     echo = typer.echo
     quantized = isinstance(manifest.metadata.get("quantization"), dict)
@@ -121,7 +143,7 @@ def verify(bundle: str = typer.Argument(..., help="A bundle directory (written b
             from qrnn_deploy.nn import load_checkpoint
 
             model = load_checkpoint(checkpoint)
-        r = verify_bundle(bundle, model, tol=tol, seed=seed, engine=engine)
+        r = verify_bundle(bundle, model, tol=tol, seed=seed, engine=engine, runners=runners, stream_tol=stream_tol)
         if model is not None:
             echo(f"checkpoint  {checkpoint}: same model type, config and vocabulary as the bundle")
             echo(f"graphs      on {r['engine']}: {r['cases']} cases, max |onnx - torch| = {r['max_abs_error']:.2e} "
@@ -132,20 +154,21 @@ def verify(bundle: str = typer.Argument(..., help="A bundle directory (written b
                  f"{r['max_chunked_vs_whole']:.2e} (tolerance {r['stream_tolerance']:g}); not compared with "
                  "PyTorch (give the CHECKPOINT for that)")
         if model is not None and manifest.model_type == "seq2seq" and (translations > 0 or source):
-            if not r["engine"] == "onnxruntime":
+            if r["engine"] not in ("onnxruntime", "tensorrt"):
                 echo("translations not compared: the runtime needs onnxruntime with the FoPool library "
                      f"(the graphs ran on {r['engine']})")
             else:
-                t = compare_translations(bundle, model, translations, seed, source)
+                t = compare_translations(bundle, model, translations, seed, source,
+                                         "tensorrt" if engine == "tensorrt" else "onnxruntime")
                 line = (f"translations {t['identical']} of {t['n']} greedy translations identical, {t['tokens']} "
                         "tokens (runtime vs PyTorch)")
                 if t["first_difference"] is not None:
                     i, j, a, b = t["first_difference"]
                     line += f"; first difference: source {i}, token {j}: runtime {_tok(a)}, PyTorch {_tok(b)}"
-                if quantized and t["identical"] < t["n"]:
-                    line += " (int8 weights: differences are expected)"
+                if approximate and t["identical"] < t["n"]:
+                    line += " (int8 weights or TensorRT arithmetic: differences are expected)"
                 echo(line)
-                if not quantized and t["identical"] < t["n"]:
+                if not approximate and t["identical"] < t["n"]:
                     raise VerificationError(f"{t['n'] - t['identical']} of {t['n']} greedy translations differ "
                                             "between the runtime and PyTorch")
     except VerificationError as e:

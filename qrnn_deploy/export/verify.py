@@ -56,13 +56,13 @@ def ort_runner(path, custom_ops: bool, threads: Optional[int] = 1) -> Callable[[
     return lambda feeds: dict(zip(names, session.run(names, feeds)))
 
 
-def _guarded(run: Callable[[dict], dict], role: str) -> Callable[[dict], dict]:
+def _guarded(run: Callable[[dict], dict], role: str, engine: str = "onnxruntime") -> Callable[[dict], dict]:
     def guarded(feeds: dict) -> dict:
         try:
             return run(feeds)
         except Exception as e:  # onnxruntime raises its own types; say which graph and inputs
             shapes = {k: list(np.shape(v)) for k, v in feeds.items()}
-            raise VerificationError(f"graph {role!r} failed in onnxruntime on inputs {shapes}: {e}") from None
+            raise VerificationError(f"graph {role!r} failed in {engine} on inputs {shapes}: {e}") from None
     return guarded
 
 
@@ -327,14 +327,16 @@ def check_model_fits_bundle(model, manifest) -> None:
 
 
 def verify_bundle(bundle_dir, model=None, tol: Optional[float] = None, seed: int = 0,
-                  engine: str = "auto") -> dict:
+                  engine: str = "auto", runners: Optional[dict] = None, stream_tol: Optional[float] = None) -> dict:
     """Checks the bundle at `bundle_dir` again, as `export` did before writing it: with `model`
     (the PyTorch model it was exported from), every graph output and next state against the model
     and chunked streaming against one whole pass; without, the streaming check only (what a
     runtime relies on, and all that can be checked without the model).
 
     tol: default 1e-4, or the export's quantized tolerance for an int8 bundle (its streaming
-    check stays at 1e-4). Returns {"engine", "tolerance", "stream_tolerance", "max_abs_error"
+    check stays at 1e-4, or `stream_tol`). runners: role -> callable(feeds) -> {output: array},
+    to check the graphs as another engine runs them (the CLI passes the TensorRT engines through
+    the runtime's backends); `engine` is then only its name in the figures. Returns {"engine", "tolerance", "stream_tolerance", "max_abs_error"
     (None without a model), "max_chunked_vs_whole", "cases", "compared_with_model"}.
     Raises BundleError (no bundle), ConfigError (bad options), VerificationError (a mismatch, or a
     model that is not the bundle's), BuildError (no engine can run the graphs).
@@ -346,7 +348,10 @@ def verify_bundle(bundle_dir, model=None, tol: Optional[float] = None, seed: int
 
     if tol is not None and not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol > 0):
         raise ConfigError(f"tol must be a number > 0, got {tol!r}")
-    if engine not in ("auto", "onnxruntime", "reference"):
+    if stream_tol is not None and not (isinstance(stream_tol, (int, float)) and not isinstance(stream_tol, bool)
+                                       and stream_tol > 0):
+        raise ConfigError(f"stream_tol must be a number > 0, got {stream_tol!r}")
+    if runners is None and engine not in ("auto", "onnxruntime", "reference"):
         raise ConfigError(f"engine must be 'auto', 'onnxruntime' or 'reference', got {engine!r}")
     manifest = load_manifest(bundle_dir)
     quantized = isinstance(manifest.metadata.get("quantization"), dict)
@@ -357,9 +362,14 @@ def verify_bundle(bundle_dir, model=None, tol: Optional[float] = None, seed: int
         check_model_fits_bundle(model, manifest)
     root = Path(bundle_dir)
     paths = {role: root / g.file for role, g in manifest.graphs.items()}
-    runs, engine_name = make_runners(paths, manifest.fo_pool, "onnxruntime" if quantized else engine)
-    stream_tol = DEFAULT_TOL
-    errs = _Errors(tol if tol is not None else (QUANTIZED_TOL if quantized else DEFAULT_TOL), stream_tol)
+    if runners is not None:
+        if set(runners) != set(paths):
+            raise ConfigError(f"runners are for graphs {sorted(runners)}, the bundle has {sorted(paths)}")
+        runs, engine_name = {r: _guarded(runners[r], r, engine) for r in paths}, engine
+    else:
+        runs, engine_name = make_runners(paths, manifest.fo_pool, "onnxruntime" if quantized else engine)
+    errs = _Errors(tol if tol is not None else (QUANTIZED_TOL if quantized else DEFAULT_TOL),
+                   DEFAULT_TOL if stream_tol is None else stream_tol)
     rng = np.random.default_rng(seed)
     cfg = model.config if model is not None else SimpleNamespace(**manifest.config)
     try:
