@@ -104,6 +104,17 @@ def test_checkpoint_of_another_config_or_vocabulary_fails(seq2seq, tmp_path, cap
     assert code == 1 and "language_model model, the bundle a seq2seq" in err
 
 
+def test_a_broken_graph_file_fails(seq2seq, tmp_path, capsys):
+    import shutil
+
+    bundle, _, _ = seq2seq
+    shutil.copytree(bundle, tmp_path / "b")
+    data = (bundle / "decoder.onnx").read_bytes()
+    (tmp_path / "b" / "decoder.onnx").write_bytes(data[:len(data) // 2])
+    code, _, err = run_cli(capsys, "verify", str(tmp_path / "b"))
+    assert code == 1 and "verification failed: onnxruntime cannot load the bundle's graphs" in err
+
+
 def test_a_graph_that_drops_its_state_fails_the_streaming_check(seq2seq, monkeypatch):
     """Without a checkpoint the check still catches a graph whose state outputs are wrong (here
     zeroed), which is what a runtime carrying state between chunks relies on."""

@@ -367,7 +367,10 @@ def verify_bundle(bundle_dir, model=None, tol: Optional[float] = None, seed: int
             raise ConfigError(f"runners are for graphs {sorted(runners)}, the bundle has {sorted(paths)}")
         runs, engine_name = {r: _guarded(runners[r], r, engine) for r in paths}, engine
     else:
-        runs, engine_name = make_runners(paths, manifest.fo_pool, "onnxruntime" if quantized else engine)
+        try:
+            runs, engine_name = make_runners(paths, manifest.fo_pool, "onnxruntime" if quantized else engine)
+        except ExportError as e:  # a graph file onnxruntime cannot load: the bundle is broken
+            raise VerificationError(str(e).replace("the exported graphs", "the bundle's graphs")) from None
     errs = _Errors(tol if tol is not None else (QUANTIZED_TOL if quantized else DEFAULT_TOL),
                    DEFAULT_TOL if stream_tol is None else stream_tol)
     rng = np.random.default_rng(seed)
