@@ -18,7 +18,7 @@ VOCAB = CharVocab.build(["abcdefghijklmnop "])
 # Texts the random translators answer with varied, non-empty translations (random symbol strings
 # mostly get an immediate </s> from them).
 SOURCES = ["abc def gh", "hello", "pop mop", "ijkl mnop abc", "dead beef", "ponm lkji hgfe"]
-TEXTS = [a for s in SOURCES for a in ("--source", s)]
+TEXTS = [a for s in SOURCES for a in ("--text", s)]
 
 
 def run_cli(capsys, *args):
@@ -56,11 +56,11 @@ def test_seq2seq_bundle_against_its_checkpoint(seq2seq, capsys):
     assert code == 0, err
     assert "same model type, config and vocabulary" in out
     assert "max |onnx - torch|" in out and "max |chunked - whole|" in out
-    assert "8 of 8 greedy translations identical" in out and out.rstrip().endswith("OK")
+    assert "end to end  8 of 8 greedy translations identical" in out and out.rstrip().endswith("OK")
     code, out, err = run_cli(capsys, "verify", str(bundle), str(ckpt), *TEXTS)
     assert code == 0, err
-    line = next(x for x in out.splitlines() if x.startswith("translations"))
-    assert line.startswith(f"translations {len(SOURCES)} of {len(SOURCES)} greedy translations identical")
+    line = next(x for x in out.splitlines() if x.startswith("end to end"))
+    assert line.startswith(f"end to end  {len(SOURCES)} of {len(SOURCES)} greedy translations identical")
     assert int(line.split(", ")[1].split()[0]) >= 3 * len(SOURCES)  # real translations were compared
 
 
@@ -84,7 +84,7 @@ def test_another_model_with_the_same_config_fails(seq2seq, tmp_path, capsys):
     assert err.startswith("verification failed: ") and "does not match the model" in err and "OK" not in out
     # With a tolerance that lets any graph pass, the translations still tell the models apart.
     code, out, err = run_cli(capsys, "verify", str(bundle), str(ckpt), "--tol", "1e9", *TEXTS)
-    assert code == 1 and "greedy translations differ" in err and "first difference: source" in out
+    assert code == 1 and "greedy translations differ" in err and "first difference: input" in out
 
 
 def test_checkpoint_of_another_config_or_vocabulary_fails(seq2seq, tmp_path, capsys):
@@ -145,7 +145,15 @@ def test_language_model_and_classifier_bundles(kind, tmp_path, capsys):
     export_bundle(m, tmp_path / "b", fo_pool="portable", verify=False)
     code, out, err = run_cli(capsys, "verify", str(tmp_path / "b"), str(ckpt))
     assert code == 0, err
-    assert "translations" not in out and out.rstrip().endswith("OK")
+    what = "greedy continuations of 20 tokens identical, 160 tokens" if kind == "lm" else "predictions identical ("
+    assert f"end to end  8 of 8 {what}" in out and out.rstrip().endswith("OK")
+    # Another model of the same config: the graphs and the end-to-end outputs both tell.
+    torch.manual_seed(1)
+    other = (QRNNLanguageModel(12, 6, 5, 2, window=[2, 1], pooling="fo", dense=True) if kind == "lm"
+             else QRNNClassifier(12, 6, 5, 2, 3, window=2))
+    ckpt2 = save_checkpoint(other, tmp_path / "other.safetensors")
+    code, out, err = run_cli(capsys, "verify", str(tmp_path / "b"), str(ckpt2), "--tol", "1e9", "--samples", "16")
+    assert code == 1 and "differ between the runtime and PyTorch" in err, (out, err)
     r = verify_bundle(tmp_path / "b", m)
     assert r["max_abs_error"] <= 1e-5 and r["cases"] == 5
     assert verify_bundle(tmp_path / "b", engine="reference")["engine"].startswith("onnx.reference")
@@ -158,7 +166,7 @@ def test_int8_bundle_is_checked_at_the_quantized_tolerance(seq2seq, tmp_path, ca
     code, out, err = run_cli(capsys, "verify", str(tmp_path / "q"), str(ckpt))
     assert code == 0, err
     assert "int8 weights" in out and "(tolerance 0.1)" in out and "greedy translations" in out
-    code, out, err = run_cli(capsys, "verify", str(tmp_path / "q"), str(ckpt), "--source", "abc")
+    code, out, err = run_cli(capsys, "verify", str(tmp_path / "q"), str(ckpt), "--text", "abc")
     assert code == 0, err  # differences in translations are reported, not failed, for int8
     with pytest.raises(ConfigError, match="onnxruntime only"):
         verify_bundle(tmp_path / "q", engine="reference")
@@ -171,9 +179,9 @@ def test_usage_errors_exit_2(seq2seq, tmp_path, capsys):
                        ((str(bundle), str(tmp_path)), "is a directory"),
                        ((str(bundle), "--engine", "cuda"), "--engine must be one of"),
                        ((str(bundle), "--tol", "-1"), "--tol must be a positive number"),
-                       ((str(bundle), "--translations", "-1"), "--translations must be >= 0"),
-                       ((str(bundle), "--source", "abc"), "--source is for a seq2seq bundle checked against"),
-                       ((str(bundle), str(ckpt), "--source", ""), "is empty: nothing to translate")]:
+                       ((str(bundle), "--samples", "-1"), "--samples must be >= 0"),
+                       ((str(bundle), "--text", "abc"), "--text is for a bundle checked against its CHECKPOINT"),
+                       ((str(bundle), str(ckpt), "--text", ""), "is empty: nothing to run")]:
         code, _, err = run_cli(capsys, "verify", *args)
         assert code == 2 and err.startswith("error: ") and text in err and err.count("\n") == 1, (args, err)
     with pytest.raises(ConfigError):

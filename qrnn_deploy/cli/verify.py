@@ -23,43 +23,91 @@ ENGINES = ("auto", "onnxruntime", "reference", "tensorrt")
 TENSORRT_TOL = {"fp32": 2e-3, "fp16": 2e-2}
 
 
-def random_sources(n: int, src_vocab_size: int, seed: int) -> list:
-    """`n` random sources of 3..12 ordinary token ids (specials excluded), the same for a seed."""
+CONTINUATION = 20  # tokens a language model continues each input by, greedily
+WHAT = {"seq2seq": "greedy translations", "language_model": f"greedy continuations of {CONTINUATION} tokens",
+        "classifier": "predictions"}
+
+
+def random_inputs(n: int, vocab_size: int, seed: int) -> list:
+    """`n` random inputs of 3..12 ordinary token ids (specials excluded), the same for a seed."""
     import numpy as np
 
     from qrnn_deploy.vocab import EOS
 
     rng = np.random.default_rng(seed + 1)
     lo = EOS + 1
-    if src_vocab_size <= lo:
+    if vocab_size <= lo:
         return []
-    return [rng.integers(lo, src_vocab_size, int(rng.integers(3, 13))).tolist() for _ in range(n)]
+    return [rng.integers(lo, vocab_size, int(rng.integers(3, 13))).tolist() for _ in range(n)]
 
 
-def compare_translations(bundle_dir: str, model, n: int, seed: int, texts: Optional[list] = None,
-                         backend: str = "onnxruntime") -> dict:
-    """Greedy translations by the runtime (the bundle, no PyTorch) and by `model`, token by token,
-    of `texts` (encoded with the bundle's source vocabulary) or else of `n` random sources.
-    Returns {"n", "identical", "tokens" (PyTorch's, all sources), "first_difference": None or
-    (source index, token position, runtime token or None, PyTorch token or None)}."""
+def _runtime_outputs(bundle, inputs: list) -> list:
+    """What the runtime (no PyTorch) makes of each input: target ids, continuation ids, or [class]."""
+    kind = bundle.model_type
+    if kind == "seq2seq":
+        tr = bundle.translator()
+        return [tr.translate_ids(list(x), max_len=2 * len(x) + 10) for x in inputs]
+    out = []
+    for x in inputs:
+        s = bundle.language_model() if kind == "language_model" else bundle.classifier()
+        try:
+            if kind == "language_model":
+                out.append(list(s.generate(list(x), max_new_tokens=CONTINUATION, stop_at_eos=False)))
+            else:
+                s.feed(list(x))
+                out.append([s.prediction])
+        finally:
+            s.close()
+    return out
+
+
+def _torch_outputs(model, inputs: list) -> list:
+    """The same by the PyTorch model (greedy, argmax: the runtime's rules)."""
+    import torch
+
+    kind = model.model_type
+    if kind == "seq2seq":
+        from qrnn_deploy.nn.batching import greedy_decode_batch
+
+        return greedy_decode_batch(model, inputs, max_len=lambda k: 2 * k + 10)
+    out = []
+    with torch.no_grad():
+        for x in inputs:
+            logits, state = model(torch.tensor([list(x)]))
+            if kind == "classifier":
+                out.append([int(logits[0].argmax())])
+                continue
+            ids = []
+            for _ in range(CONTINUATION):
+                ids.append(int(logits[0, -1].argmax()))
+                logits, state = model(torch.tensor([[ids[-1]]]), state)
+            out.append(ids)
+    return out
+
+
+def compare_outputs(bundle_dir: str, model, n: int, seed: int, texts: Optional[list] = None,
+                    backend: str = "onnxruntime") -> dict:
+    """The runtime (the bundle, no PyTorch) against `model`, end to end and token by token: greedy
+    translations (seq2seq), greedy continuations (language model) or predictions (classifier) of
+    `texts` (encoded with the bundle's input vocabulary) or else of `n` random inputs.
+    Returns {"n", "identical", "tokens" (PyTorch's, all inputs), "first_difference": None or
+    (input index, position, runtime token or None, PyTorch token or None)}."""
     from qrnn_deploy.errors import ConfigError
-    from qrnn_deploy.nn.batching import greedy_decode_batch
     from qrnn_deploy.runtime import load_bundle
 
     bundle = load_bundle(bundle_dir, backend=backend, threads=1)
+    seq2seq = bundle.model_type == "seq2seq"
     if texts:
-        if bundle.src_vocab is None:
-            raise ConfigError("--source needs a bundle with a vocabulary (this one takes token ids only)")
-        sources = [bundle.src_vocab.encode(t) for t in texts]
-        empty = [t for t, s in zip(texts, sources) if not s]
+        vocab = bundle.src_vocab if seq2seq else bundle.vocab
+        if vocab is None:
+            raise ConfigError("--text needs a bundle with a vocabulary (this one takes token ids only)")
+        inputs = [vocab.encode(t) for t in texts]
+        empty = [t for t, x in zip(texts, inputs) if not x]
         if empty:
-            raise ConfigError(f"--source {empty[0]!r} is empty: nothing to translate")
+            raise ConfigError(f"--text {empty[0]!r} is empty: nothing to run")
     else:
-        sources = random_sources(n, model.config.src_vocab_size, seed)
-    limit = lambda k: 2 * k + 10  # noqa: E731 (room for the model to stop by itself)
-    tr = bundle.translator()
-    got = [tr.translate_ids(list(s), max_len=limit(len(s))) for s in sources]
-    want = greedy_decode_batch(model, sources, max_len=limit)
+        inputs = random_inputs(n, model.config.src_vocab_size if seq2seq else model.config.vocab_size, seed)
+    got, want = _runtime_outputs(bundle, inputs), _torch_outputs(model, inputs)
     first = None
     identical = 0
     for i, (a, b) in enumerate(zip(got, want)):
@@ -69,7 +117,7 @@ def compare_translations(bundle_dir: str, model, n: int, seed: int, texts: Optio
         elif first is None:
             j = next((k for k in range(min(len(a), len(b))) if a[k] != b[k]), min(len(a), len(b)))
             first = (i, j, a[j] if j < len(a) else None, b[j] if j < len(b) else None)
-    return {"n": len(sources), "identical": identical, "tokens": sum(len(w) for w in want), "first_difference": first}
+    return {"n": len(inputs), "identical": identical, "tokens": sum(len(w) for w in want), "first_difference": first}
 
 
 def _tok(t) -> str:
@@ -90,28 +138,29 @@ def verify(bundle: str = typer.Argument(..., help="A bundle directory (written b
                                            "finds no FoPool library) or tensorrt (the bundle's TensorRT "
                                            "engines, from build-engine; default --tol 2e-3 for fp32 engines, "
                                            "2e-2 for fp16)."),
-           translations: int = typer.Option(8, "--translations",
-                                            help="seq2seq with a checkpoint: greedy translations of this many "
-                                                 "random sources, runtime against PyTorch token by token (0: "
-                                                 "none). Every one must be identical, except on int8 weights or "
-                                                 "TensorRT engines (reported only)."),
-           source: Optional[list[str]] = typer.Option(None, "--source",
-                                                      help="A source text to translate instead of the random "
-                                                           "ones (repeatable; needs the bundle's vocabulary)."),
+           samples: int = typer.Option(8, "--samples",
+                                       help="With a checkpoint: this many random inputs run end to end by the "
+                                            "runtime and by PyTorch, compared token by token: greedy "
+                                            "translations (seq2seq), greedy continuations (language model) or "
+                                            "predictions (classifier); 0: none. Every one must be identical, "
+                                            "except on int8 weights or TensorRT engines (reported only)."),
+           text: Optional[list[str]] = typer.Option(None, "--text",
+                                                    help="An input text to use instead of the random ones "
+                                                         "(repeatable; needs the bundle's vocabulary)."),
            seed: int = typer.Option(0, "--seed", help="Seed of the random inputs.")):
     """Check a bundle: its graphs against the checkpoint's PyTorch model, streaming against one
-    whole pass, and (seq2seq) the runtime's translations against PyTorch's."""
+    whole pass, and the runtime's translations (continuations, predictions) against PyTorch's."""
     from qrnn_deploy.errors import CheckpointError, ConfigError, VerificationError
 
     if engine not in ENGINES:
         raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     check_positive(tol, "--tol")
-    check_at_least(translations, "--translations", 0)
+    check_at_least(samples, "--samples", 0)
     from qrnn_deploy.bundle import load_manifest
 
     manifest = load_manifest(bundle)  # a missing or broken bundle fails before torch is imported
-    if source and (checkpoint is None or manifest.model_type != "seq2seq"):
-        raise ConfigError("--source is for a seq2seq bundle checked against its CHECKPOINT")
+    if text and checkpoint is None:
+        raise ConfigError("--text is for a bundle checked against its CHECKPOINT")
     if checkpoint is not None and not Path(checkpoint).is_file():
         if Path(checkpoint).is_dir():
             raise CheckpointError(f"{checkpoint} is a directory, not a checkpoint file (.safetensors)")
@@ -153,24 +202,25 @@ def verify(bundle: str = typer.Argument(..., help="A bundle directory (written b
             echo(f"graphs      on {r['engine']}: {r['cases']} cases, max |chunked - whole| = "
                  f"{r['max_chunked_vs_whole']:.2e} (tolerance {r['stream_tolerance']:g}); not compared with "
                  "PyTorch (give the CHECKPOINT for that)")
-        if model is not None and manifest.model_type == "seq2seq" and (translations > 0 or source):
+        what = WHAT[manifest.model_type]
+        if model is not None and (samples > 0 or text):
             if r["engine"] not in ("onnxruntime", "tensorrt"):
-                echo("translations not compared: the runtime needs onnxruntime with the FoPool library "
+                echo(f"end to end  not compared: the runtime needs onnxruntime with the FoPool library "
                      f"(the graphs ran on {r['engine']})")
             else:
-                t = compare_translations(bundle, model, translations, seed, source,
-                                         "tensorrt" if engine == "tensorrt" else "onnxruntime")
-                line = (f"translations {t['identical']} of {t['n']} greedy translations identical, {t['tokens']} "
-                        "tokens (runtime vs PyTorch)")
+                t = compare_outputs(bundle, model, samples, seed, text,
+                                    "tensorrt" if engine == "tensorrt" else "onnxruntime")
+                tokens = f", {t['tokens']} tokens" if manifest.model_type != "classifier" else ""
+                line = f"end to end  {t['identical']} of {t['n']} {what} identical{tokens} (runtime vs PyTorch)"
                 if t["first_difference"] is not None:
                     i, j, a, b = t["first_difference"]
-                    line += f"; first difference: source {i}, token {j}: runtime {_tok(a)}, PyTorch {_tok(b)}"
+                    line += f"; first difference: input {i}, token {j}: runtime {_tok(a)}, PyTorch {_tok(b)}"
                 if approximate and t["identical"] < t["n"]:
                     line += " (int8 weights or TensorRT arithmetic: differences are expected)"
                 echo(line)
                 if not approximate and t["identical"] < t["n"]:
-                    raise VerificationError(f"{t['n'] - t['identical']} of {t['n']} greedy translations differ "
-                                            "between the runtime and PyTorch")
+                    raise VerificationError(f"{t['n'] - t['identical']} of {t['n']} {what} differ between the "
+                                            "runtime and PyTorch")
     except VerificationError as e:
         print(f"verification failed: {e}", file=sys.stderr)
         raise typer.Exit(1)
