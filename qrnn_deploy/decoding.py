@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from qrnn_deploy.errors import ConfigError
-from qrnn_deploy.limits import MAX_BEAM, MAX_DECODE_LEN
+from qrnn_deploy.limits import LENGTH_PENALTY_RANGE, MAX_BEAM, MAX_DECODE_LEN
 from qrnn_deploy.vocab import EOS
 
 
@@ -22,13 +22,17 @@ def _is_finite(v) -> bool:
 
 def check_decode_options(beam, max_len, length_penalty) -> None:
     """beam: an integer in [1, MAX_BEAM] (1 = greedy); max_len: an integer in [0, MAX_DECODE_LEN]
-    (0 decodes nothing); length_penalty: a finite number. Raises ConfigError naming the bad one."""
+    (0 decodes nothing); length_penalty: a number in LENGTH_PENALTY_RANGE. Raises ConfigError
+    naming the bad one."""
     if not _is_int(beam) or not 1 <= beam <= MAX_BEAM:
         raise ConfigError(f"beam must be an integer in [1, {MAX_BEAM}] (1 = greedy), got {beam!r}")
     if not _is_int(max_len) or not 0 <= max_len <= MAX_DECODE_LEN:
         raise ConfigError(f"max_len must be an integer in [0, {MAX_DECODE_LEN}], got {max_len!r}")
-    if not _is_finite(length_penalty):
-        raise ConfigError(f"length_penalty must be a finite number (1.0 = divide by length), got {length_penalty!r}")
+    lo, hi = LENGTH_PENALTY_RANGE
+    if not _is_finite(length_penalty) or not lo <= length_penalty <= hi:
+        # Bounded: (len + 1) ** length_penalty must neither overflow nor vanish for any max_len.
+        raise ConfigError(f"length_penalty must be a number in [{lo:g}, {hi:g}] (1.0 = divide by length), "
+                          f"got {length_penalty!r}")
 
 
 def beam_step(scores, logp, beam: int, n_finished: int, last_step: bool):

@@ -263,6 +263,7 @@ def test_error_paths_are_one_line_and_exit_2(programs, bundles, tmp_path):
     (["--max-len"], "--max-len needs a value"),
     (["--frobnicate"], "unknown option --frobnicate"),
     (["--beam", "2", "--batch", "3"], "--batch is for greedy"),
+    (["--beam", "2", "--length-penalty", "11"], "length_penalty must be a number in [0, 10]"),
 ])
 def test_bad_arguments(programs, bundles, args, needle):
     bundle = [] if needle.startswith("expected one BUNDLE") else [bundles["custom"]]

@@ -281,7 +281,17 @@ class DecodeBatch:
         self._order, self._krows = list(live), [d.num_rows for d in live]
 
     def _arrange(self, live: list) -> tuple:
-        """Brings the buffers up to date for `live`; returns (decoders in row order, context)."""
+        """Brings the buffers up to date for `live`; returns (decoders in row order, context).
+        A failure part way leaves no half-moved buffers behind: the next step rebuilds them."""
+        try:
+            return self._arrange_buffers(live)
+        except Exception as e:
+            self._bufs, self._order, self._krows, self._ids, self._ctx = None, [], [], set(), {}
+            if isinstance(e, StreamError):
+                raise
+            raise StreamError(f"DecodeBatch.step: a decoder's context does not fit the batch ({e})") from None
+
+    def _arrange_buffers(self, live: list) -> tuple:
         if len(live) == 1 and live[0].num_rows == 1:
             return live, self._lone(live[0])
         ids = {id(d) for d in live}
@@ -382,9 +392,26 @@ class DecodeBatch:
         if d.graph is not None and d.graph is not self.graph:
             raise StreamError("DecodeBatch.step: a decoder was made by another translator (another bundle's "
                               "decoder graph); step it in that translator's decode_batch()")
-        missing = [] if d.graph is not None else [n for n in self.cond_names if n not in d.cond]
+        if d.graph is not None:
+            return  # made by this translator's own TranslationStream.decoder: it fits
+        missing = [n for n in self.cond_names if n not in d.cond]
         if missing:
             raise StreamError(f"DecodeBatch.step: a decoder's cond lacks {missing}")
+        missing = [n for n in self.graph.state_names if n not in d.states]
+        if missing:
+            raise StreamError(f"DecodeBatch.step: a decoder's states lack {missing} (zero_states() of the "
+                              "decoder graph has them all)")
+        # A hand-built decoder: its context must have the graph's fixed sizes (a mismatch would
+        # otherwise surface as a numpy error half way through re-arranging the batch).
+        for name, arr, lead in [(MEMORY, d.memory, 2)] + [(n, d.cond[n], 1) for n in self.cond_names]:
+            spec = self.graph.input_specs.get(name)
+            if spec is None:
+                continue
+            want = list(spec.shape[lead:])
+            got = list(np.shape(arr)[1:] if name == MEMORY else np.shape(arr))
+            if len(got) != len(want) or any(isinstance(w, int) and w != g for w, g in zip(want, got)):
+                raise StreamError(f"DecodeBatch.step: a decoder's {name} has shape {list(np.shape(arr))}; the "
+                                  f"decoder graph takes {spec.shape}")
 
     def run(self, decoder: _Decoder):
         """Steps one decoder to the end, yielding each token as it becomes final."""

@@ -45,8 +45,9 @@ def pick_token(logits: np.ndarray, temperature: float = 0.0, top_k: Optional[int
         return int(np.argmax(z))
     if np.isposinf(z).any():  # the limit of softmax: the +inf entries share it evenly
         z = np.where(np.isposinf(z), 0.0, -np.inf)
-    else:
-        z = z / temperature
+    else:  # shifted first: a tiny temperature must not overflow the largest logit to inf
+        with np.errstate(over="ignore"):  # far below the largest: -inf, never picked
+            z = (z - z.max()) / temperature
     if top_k is not None and top_k < z.size:
         kth = np.partition(z, -top_k)[-top_k]
         z = np.where(z >= kth, z, -np.inf)

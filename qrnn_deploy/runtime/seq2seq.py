@@ -67,7 +67,15 @@ class Translator:
         return self.tgt_vocab.token_text(tok) if self.tgt_vocab is not None else f" {tok}"
 
     def detokenize(self, ids) -> str:
-        return "".join(self.token_text(int(t)) for t in ids)
+        """Target ids -> text. Raises StreamError for anything but a sequence of integer ids."""
+        if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+            raise StreamError(f"detokenize takes a sequence of integer ids, got {type(ids).__name__}")
+        out = []
+        for t in ids:
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+                raise StreamError(f"detokenize takes integer ids, got {t!r}")
+            out.append(self.token_text(int(t)))
+        return "".join(out)
 
     def iter_tokens(self, source: Chunk, beam: int = 1, max_len: int = 200,
                     length_penalty: float = 1.0) -> Iterator[int]:
@@ -168,9 +176,12 @@ class TranslationStream:
         return BeamDecoder(memory, self.cond, states, beam, max_len, length_penalty, graph=graph)
 
     def tokens(self, beam: int = 1, max_len: int = 200, length_penalty: float = 1.0) -> Iterator[int]:
-        """Ends the source and yields target ids as soon as they are final (no </s>)."""
+        """Ends the source now (bad options raise ConfigError here, at the call) and returns an
+        iterator of target ids, each as soon as it is final (no </s>)."""
         d = self.decoder(beam, max_len, length_penalty)
-        batch = self.translator.decode_batch()  # its own: a DecodeBatch caches per set of decoders
+        return self._tokens(d, self.translator.decode_batch())  # its own batch: it caches per set of decoders
+
+    def _tokens(self, d, batch) -> Iterator[int]:
         while not d.done:
             self._check_open()
             yield from batch.step([d])[0]

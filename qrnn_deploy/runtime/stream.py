@@ -33,10 +33,12 @@ def to_ids(chunk: Chunk, vocab: Optional[CharVocab], vocab_size: Optional[int], 
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
         raise StreamError(f"a chunk is text or a 1-D sequence of integer ids, got shape {list(ids.shape)} "
                           f"dtype {ids.dtype}")
-    ids = ids.astype(dtype, copy=True)
+    out = ids.astype(dtype, copy=True)
     if vocab_size:
-        ids[(ids < 0) | (ids >= vocab_size)] = unk_id
-    return ids
+        # Checked on the given values: a cast to a narrower dtype (int32 tokens) could first
+        # wrap an out-of-range id into a valid one.
+        out[(ids < 0) | (ids >= vocab_size)] = unk_id
+    return out
 
 
 def stack_states(states: Sequence[dict]) -> dict:
@@ -158,10 +160,14 @@ class StreamBatch:
             if ids.size:
                 groups.setdefault(ids.size, []).append((i, stream, ids))
         tok = self.graph.token_input
+        # Every graph call first, then the streams advance: a call that fails leaves every stream
+        # as it was (no stream of an earlier group advanced past outputs its caller never got).
+        ran = []
         for members in groups.values():
             tokens = np.stack([ids for _, _, ids in members])
             states = stack_states([s.states for _, s, _ in members])
-            outputs, new_states = self.graph.run({tok: tokens}, states)
+            ran.append((members, self.graph.run({tok: tokens}, states)))
+        for members, (outputs, new_states) in ran:
             for row, ((i, stream, ids), st) in enumerate(zip(members, split_states(new_states, [1] * len(members)))):
                 stream.states = st
                 stream.steps += ids.size

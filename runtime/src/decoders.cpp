@@ -1,6 +1,7 @@
 #include "qrnn/decoders.hpp"
 
 #include <algorithm>
+#include <string>
 
 #include "qrnn/errors.hpp"
 
@@ -32,6 +33,10 @@ std::vector<int64_t> GreedyDecoder::step() {
 BeamDecoder::BeamDecoder(Translator& t, const Encoded& src, int beam, int max_len, double length_penalty)
     : t_(&t), src_(&src), beam_(beam), max_len_(max_len), length_penalty_(length_penalty), done_(max_len <= 0) {
   if (beam < 1) throw ConfigError("beam must be >= 1, got " + std::to_string(beam));
+  // The Python runtime's bound (qrnn_deploy.limits.LENGTH_PENALTY_RANGE): (len + 1) ** length_penalty
+  // must neither overflow nor vanish, and NaN would rank nothing.
+  if (!(length_penalty >= 0.0 && length_penalty <= 10.0))
+    throw ConfigError("length_penalty must be a number in [0, 10], got " + std::to_string(length_penalty));
   check_encoded(src, static_cast<std::size_t>(t.num_layers()));
   states_ = t.decoder().zero_states(1);
 }
