@@ -130,3 +130,13 @@ def test_detokenize_refuses_what_is_not_ids(tr, bad):
     with pytest.raises(StreamError, match="detokenize"):
         tr.detokenize(bad)
     assert tr.detokenize(np.array([5, 6])) == tr.detokenize([5, 6]) == "".join(tr.token_text(t) for t in (5, 6))
+
+
+def test_a_closed_stream_says_it_is_closed(tr):
+    ts = tr.stream()
+    ts.feed("abc")
+    ts.close()
+    with pytest.raises(StreamError, match="closed"):
+        ts.memory
+    with pytest.raises(StreamError, match="closed"):
+        ts.decoder()

@@ -136,6 +136,7 @@ class TranslationStream:
     @property
     def memory(self) -> np.ndarray:
         """The encoder's top-layer states of the source so far, [S, H]."""
+        self._check_open()
         if self._memory is None:
             if not self._chunks:
                 raise StreamError("the source is empty: feed some text before decoding")
