@@ -9,6 +9,7 @@ GET /v1/status, GET /openapi.json. Every route but /healthz needs the API key wh
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from pathlib import Path
@@ -90,12 +91,19 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (the body is already read: what comes next is the
+    disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def _parse_translate(body: bytes, cfg: ServeConfig) -> tuple:
     try:
         d = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ProtocolError("bad_utf8", f"request body is not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    except (json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, and numbers over the digit limit
         raise ProtocolError("bad_json", f'malformed JSON ({e}); send {{"text": "..."}}') from None
     if not isinstance(d, dict) or not isinstance(d.get("text"), str):
         raise ProtocolError("bad_message", 'the body must be a JSON object with a string "text"')
@@ -144,7 +152,7 @@ async def translate(request: Request) -> Response:
         await job.feed(text)
         job.end(beam, max_len, lp)
 
-    if not stream:
+    async def collect() -> Response:
         try:
             await start()
             tokens = []
@@ -165,8 +173,23 @@ async def translate(request: Request) -> Response:
         except QRNNError as e:  # the runtime failed (the request itself was checked above)
             st.metrics.errors.inc(kind="translate_failed")
             return _error(500, "translate_failed", str(e))
+
+    if not stream:
+        # Raced against the client leaving: an abandoned request stops decoding at once instead
+        # of holding its slot and a decoder row until max_len.
+        work = asyncio.ensure_future(collect())
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            finish()
+            gone.cancel()
+            if not work.done():
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+            finish()  # here, not in collect: a task cancelled before its first step runs nothing
+        if work.cancelled():
+            return Response(status_code=499)  # nobody reads it (nginx's "client closed request")
+        return work.result()
 
     async def events():
         try:

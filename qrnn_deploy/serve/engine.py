@@ -81,6 +81,9 @@ class Engine:
         self._last_wake = 0.0
         self._last_step = 0.0  # seconds the last worker iteration's decoding took
         self.jobs_open = 0  # loop side: jobs opened and not closed
+        self._free_lock = threading.Lock()  # _free runs on either worker, or on the loop once they stopped
+        self._sourced: set = set()  # jobs holding model state (a source stream), until freed
+        self._inflight: list = []  # the commands the encoder thread is applying (failed if it crashes)
         self.steps = 0
 
     # -- lifecycle (event loop) -----------------------------------------------------------------
@@ -163,7 +166,11 @@ class Engine:
         try:
             self._post(("close", job))
         except EngineStopped:
-            pass
+            # No encoder thread will take the close. A source it held is freed here once that
+            # thread is gone (its shutdown frees those it saw; this covers a close racing it).
+            t = self._thread
+            if not job._decoding and (t is None or not t.is_alive()):
+                self._free(job)
 
     # -- the encoder thread -------------------------------------------------------------------
 
@@ -183,7 +190,9 @@ class Engine:
                 if cmds is None:
                     break
                 out: list = []
+                self._inflight = cmds
                 self._apply_all(cmds, out)
+                self._inflight = []
                 if out:  # encoder results and errors: a coroutine is waiting for them
                     self._emit(out, True)
         except BaseException:  # a bug in the worker must not leave clients waiting forever
@@ -194,7 +203,8 @@ class Engine:
     def _shutdown_encoder(self) -> None:
         with self._cv:
             self._stop = True
-            cmds, self._cmds = self._cmds, []
+            # After a crash, the batch being applied is answered too: its results were never sent.
+            cmds, self._cmds, self._inflight = self._inflight + self._cmds, [], []
         out: list = []
         for cmd in cmds:
             job = cmd[1]
@@ -206,6 +216,10 @@ class Engine:
                 self._to_decoder(("close", job))
             else:
                 self._free(job)
+        with self._free_lock:
+            held = [job for job in self._sourced if not job._decoding]
+        for job in held:  # sources of translations still arriving, with nothing queued
+            self._free(job)
         if out:
             self._emit(out, True)
 
@@ -283,14 +297,18 @@ class Engine:
             self._emit(out, True)
 
     def _free(self, job: Job) -> None:
-        if job._source is not None:
+        """Frees the job's model state, once (idempotent, from any thread)."""
+        with self._free_lock:
+            source, job._source = job._source, None
+            decoder, job._decoder = job._decoder, None
+            self._sourced.discard(job)
+        if source is not None:
+            self.metrics.sessions.dec()
             try:
-                job._source.close()
-            finally:
-                job._source = None
-                self.metrics.sessions.dec()
-        if job._decoder is not None:
-            job._decoder = None
+                source.close()
+            except Exception:  # one failing close must not stop the worker freeing the rest
+                log.exception("closing a translation's source stream failed")
+        if decoder is not None:
             self.metrics.decoding.dec()
 
     def _apply_all(self, cmds: list, out: list) -> None:
@@ -331,6 +349,8 @@ class Engine:
             elif job._source is None:
                 try:
                     job._source = self.model.stream()
+                    with self._free_lock:
+                        self._sourced.add(job)
                     self.metrics.sessions.inc()
                 except Exception as e:
                     err = job._source_error = _as_qrnn_error(e, "opening a translation failed")

@@ -27,6 +27,7 @@ CLIENT_TYPES = ("source", "end", "reset", "ping")
 CLOSE_TRY_AGAIN_LATER = 1013  # too many streams, or the server is draining
 CLOSE_POLICY = 1008  # missing or wrong API key
 CLOSE_IDLE = 4408  # idle timeout (like HTTP 408)
+CLOSE_INTERNAL_ERROR = 1011  # a server bug ended the connection (after an "internal" error message)
 
 
 class ProtocolError(Exception):
@@ -65,7 +66,7 @@ def parse_message(text: str) -> dict:
     """JSON text -> a checked client message dict with a known "type"."""
     try:
         msg = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, and numbers over the digit limit
         raise ProtocolError("bad_json", f"malformed JSON ({e}); send objects like "
                                         '{"type": "source", "text": "..."}') from None
     if not isinstance(msg, dict):

@@ -20,7 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from qrnn_deploy.errors import QRNNError
 from qrnn_deploy.serve.engine import EngineStopped, Job
-from qrnn_deploy.serve.protocol import (CLOSE_IDLE, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER,
+from qrnn_deploy.serve.protocol import (CLOSE_IDLE, CLOSE_INTERNAL_ERROR, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER,
                                         ProtocolError, check_source_length, decode_frame, decode_options,
                                         parse_message)
 from qrnn_deploy.serve.state import ServerState
@@ -103,27 +103,53 @@ async def stream_endpoint(ws: WebSocket) -> None:
         return
     conn = StreamConnection(ws, st)
     watchdog = asyncio.ensure_future(conn.watch())
+    close_code = None
     try:
         await conn.run()
     except _Close as c:
-        try:
-            await ws.close(c.code)
-        except Exception:  # already closed by the peer
-            pass
+        close_code = c.code
     except (WebSocketDisconnect, RuntimeError, OSError, _Stalled):
         pass  # the client went away, or stopped reading, while we were sending
+    except Exception:  # a bug: the client gets a message and a close, not a dropped connection
+        log.exception("WebSocket connection failed")
+        st.metrics.errors.inc(kind="internal")
+        close_code = CLOSE_INTERNAL_ERROR
+        await _send_within(ws, {"type": "error", "code": "internal",
+                                "message": "internal server error; the connection is closed"}, st.cfg.send_timeout)
     finally:
+        # Freed before the close: a client that no longer reads could hold the close (and with
+        # it the slot and its translations) for as long as it likes.
         watchdog.cancel()
         await conn.cleanup()
         slot.release()
+    if close_code is not None:
+        await _close_within(ws, close_code, st.cfg.send_timeout)
+
+
+async def _send_within(ws: WebSocket, obj: dict, limit: float) -> None:
+    try:
+        await asyncio.wait_for(ws.send_text(json.dumps(obj)), limit)
+    except asyncio.TimeoutError:
+        _abort(ws)
+    except Exception:  # the client is gone
+        pass
+
+
+async def _close_within(ws: WebSocket, code: int, limit: float) -> None:
+    """Closes with `code`; a client that does not take the close frame within `limit` seconds
+    (its buffers full) is cut instead."""
+    try:
+        await asyncio.wait_for(ws.close(code), limit)
+    except asyncio.TimeoutError:
+        _abort(ws)
+    except Exception:  # already closed by the peer
+        pass
 
 
 async def _send_then_close(ws: WebSocket, obj: dict, code: int) -> None:
-    try:
-        await ws.send_text(json.dumps(obj))
-        await ws.close(code)
-    except Exception:
-        pass
+    limit = ws.app.state.serve.cfg.send_timeout
+    await _send_within(ws, obj, limit)
+    await _close_within(ws, code, limit)
 
 
 class StreamConnection:
@@ -237,6 +263,9 @@ class StreamConnection:
     async def source(self, text: str) -> None:
         if self.job is None:
             if self.st.draining:
+                if self.decoding():  # sentences already ended finish first: the connection stays
+                    raise ProtocolError("draining", "the server is shutting down: this piece was dropped; the "
+                                                    "sentences already ended are still being translated")
                 await self.error(ProtocolError("draining", "the server is shutting down; reconnect to another "
                                                            "instance or retry later"))
                 raise _Close(CLOSE_TRY_AGAIN_LATER)
