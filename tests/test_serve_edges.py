@@ -81,6 +81,25 @@ def test_an_unexpected_error_is_a_message_and_a_1011_close(translator, monkeypat
         assert srv.state.metrics.errors.value(kind="internal") == 1
 
 
+def test_an_idle_engine_keeps_no_decode_batches(translator):
+    """The cached DecodeBatch objects (padded context buffers, references to the last decoders
+    and their memories) are dropped once nothing is being decoded."""
+    with ServerThread(create_app(translator, ServeConfig(max_len=MAX_LEN))) as srv:
+        async def main():
+            async with connect(srv.ws_url()) as ws:
+                for text in ("abc def gh", "hello"):
+                    await ws.send(json.dumps({"type": "source", "text": text}))
+                    await ws.send(json.dumps({"type": "end", "beam": 3}))
+                while (await recv(ws))["type"] != "done":
+                    pass
+                while (await recv(ws))["type"] != "done":
+                    pass
+
+        run(main())
+        assert srv.state.engine.steps > 0
+        assert wait_for(lambda: srv.state.engine._batches == [])
+
+
 def test_a_close_the_client_never_takes_frees_everything_first(translator, monkeypatch):
     """The idle-timeout close was awaited before the connection's translations and slot were
     freed, and nothing bounded it: a client that stopped reading held them for good. Here the

@@ -270,6 +270,8 @@ class Engine:
                 urgent = False
                 if self._active:
                     urgent = self._step(out)
+                if not self._active and self._batches:  # idle: the batches' buffers and last decoders go
+                    self._batches = []
                 if out:
                     self._emit(out, urgent)
         except BaseException:  # a bug in the worker must not leave clients waiting forever
