@@ -105,6 +105,14 @@ def _check_options(out_dir, tol, quantized_tol, quantize_block, verify_engine, n
         raise ExportError(f"verify_engine must be one of {VERIFY_ENGINES}, got {verify_engine!r}")
     if node_attrs is not None and (not isinstance(node_attrs, dict) or not all(isinstance(k, str) for k in node_attrs)):
         raise ExportError(f"node_attrs must be a dict of attribute name -> value, got {node_attrs!r}")
+    # Only the attributes TensorRT's parser reads: FoPool's own (pooling, reverse, ...) come from
+    # the model, and the schema knows no others.
+    extra = sorted(set(node_attrs or {}) - {"plugin_version", "plugin_namespace"})
+    if extra:
+        raise ExportError(f"node_attrs may set plugin_version and plugin_namespace only, got {extra}")
+    bad = [k for k, v in (node_attrs or {}).items() if not isinstance(v, str)]
+    if bad:
+        raise ExportError(f"node_attrs values must be strings, got {bad[0]}={node_attrs[bad[0]]!r}")
 
 
 def _labels(model) -> Optional[list]:

@@ -38,6 +38,9 @@ def quantize_weight(w: np.ndarray, block_size: int = DEFAULT_BLOCK) -> tuple[np.
 
     Block b of column n holds rows b*block_size ... of w[:, n]; the last block is padded with
     zeros (padding is ignored by the operator, which reads K)."""
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 16 \
+            or block_size & (block_size - 1):
+        raise ExportError(f"quantize_weight: block_size must be a power of two >= 16, got {block_size!r}")
     w = np.asarray(w, dtype=np.float32)
     if w.ndim != 2:
         raise ExportError(f"quantize_weight: expected a [K, N] matrix, got shape {list(w.shape)}")

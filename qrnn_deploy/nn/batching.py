@@ -77,8 +77,21 @@ def greedy_decode_batch(model, sources: Sequence[Sequence[int]], max_len=200,
     Sources are sorted by length so each batch pads little; the encoder is causal, so right
     padding never changes a real position, and the attention mask hides the padding.
     """
+    from qrnn_deploy.decoding import check_decode_options
+    from qrnn_deploy.nn.layers import check_int
+
+    check_int(batch_size, "greedy_decode_batch: batch_size")
+    if not callable(max_len):
+        check_decode_options(1, max_len, 1.0)
     was_training = model.training
     model.eval()
+    try:
+        return _greedy_decode_batch(model, sources, max_len, batch_size, check_decode_options)
+    finally:
+        model.train(was_training)
+
+
+def _greedy_decode_batch(model, sources, max_len, batch_size: int, check_decode_options) -> list[list[int]]:
     device = next(model.parameters()).device
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     results: list[list[int]] = [[] for _ in sources]
@@ -92,15 +105,20 @@ def greedy_decode_batch(model, sources: Sequence[Sequence[int]], max_len=200,
             ids = sources[i]
             if len(ids) == 0:
                 raise ConfigError("greedy_decode_batch: empty source (nothing to translate)")
-            src[r, :len(ids)] = torch.tensor(list(ids), dtype=torch.long)
+            try:
+                src[r, :len(ids)] = torch.tensor(list(ids), dtype=torch.long)
+            except (TypeError, ValueError, RuntimeError):
+                raise ConfigError(f"greedy_decode_batch: source {i} is not a sequence of integer ids") from None
             lengths[r] = len(ids)
         src, lengths = src.to(device), lengths.to(device)
         memory, cond, _ = model.encode(src, None, lengths)
         mask = torch.arange(S, device=device)[None, :] < lengths[:, None]
         tok = torch.full((B, 1), BOS, dtype=torch.long, device=device)
         out = [[] for _ in rows]
-        limits = torch.tensor([max_len(len(sources[i])) if callable(max_len) else max_len for i in rows],
-                              device=device)
+        row_limits = [max_len(len(sources[i])) if callable(max_len) else max_len for i in rows]
+        for n in row_limits:
+            check_decode_options(1, n, 1.0)
+        limits = torch.tensor(row_limits, device=device)
         done = limits <= 0
         state = None
         for step in range(int(limits.max())):
@@ -115,5 +133,4 @@ def greedy_decode_batch(model, sources: Sequence[Sequence[int]], max_len=200,
             tok = nxt.unsqueeze(1)
         for r, i in enumerate(rows):
             results[i] = out[r]
-    model.train(was_training)
     return results

@@ -69,7 +69,7 @@ class QRNNClassifier(nn.Module):
             raise ConfigError("QRNNClassifier: tokens has no steps (T = 0): the logits are those of the last step")
         if lengths is not None:
             check_lengths(lengths, tokens.shape[0], tokens.shape[1], "QRNNClassifier")
-        y, state = self.qrnn(self.embed(tokens), state)
+        y, state = self.qrnn(self.embed(tokens), state, lengths=lengths if self.config.bidirectional else None)
         if lengths is None:
             last = y[:, -1]
         else:

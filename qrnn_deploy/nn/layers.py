@@ -117,6 +117,7 @@ class QRNNLayer(nn.Module):
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> QRNNState:
         """The zero state: the one place that says what a layer's state is."""
+        check_int(batch_size, "QRNNLayer.init_state: batch_size", least=0)
         w = self.conv.weight
         device, dtype = device or w.device, dtype or w.dtype
         conv = (torch.zeros(batch_size, self.window - 1, self.input_size, device=device, dtype=dtype)
@@ -141,6 +142,7 @@ class QRNNLayer(nn.Module):
         win, conv_next = self.windows(x, conv_state)
         g = self.conv(win)
         if cond is not None:
+            check_tensor(cond, "QRNNLayer: cond", floating=True)
             if cond.shape != (x.shape[0], g.shape[-1]):
                 raise ConfigError(f"QRNNLayer: cond must be [B, P*H] = [{x.shape[0]}, {g.shape[-1]}], "
                                   f"got {list(cond.shape)}")
@@ -181,8 +183,12 @@ class QRNNLayer(nn.Module):
         return QRNNState(conv_state, c)
 
     def forward(self, x: torch.Tensor, state: Optional[QRNNState] = None,
-                cond: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, QRNNState]:
+                cond: Optional[torch.Tensor] = None,
+                lengths: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, QRNNState]:
         """x: [B, T, d_in] ([T, B, d_in] if not batch_first); cond: [B, P*H] added to the gates.
+        lengths [B] (reverse layers): each row's real steps, padding after them. A forward layer
+        needs none (it is causal: padding at the end changes no real step); a reverse layer
+        then starts each row at its own last real step, and its state is the cell at step 0.
 
         Returns y [B, T, H] (same layout as x) and the state after the chunk.
         """
@@ -201,6 +207,9 @@ class QRNNLayer(nn.Module):
             if state is not None:
                 raise ConfigError("QRNNLayer: a reverse (backward-direction) layer cannot stream: "
                                   "it needs the whole sequence, so it takes no carried state")
+            if lengths is not None:
+                y, c = self._reverse_within(x, cond, lengths)
+                return (y if self.batch_first else y.transpose(0, 1)), QRNNState(None, c)
             # The anti-causal window of x is the causal window of x reversed in time.
             g, _ = self.gates(x.flip(1), None, cond)
             y, c = fo_pool(g.flip(1), None, self.pooling, batch_first=True, reverse=True)
@@ -211,6 +220,31 @@ class QRNNLayer(nn.Module):
         if self.window > 1 and conv_next is None:
             conv_next = x.new_zeros(x.shape[0], self.window - 1, self.input_size)
         return (y if self.batch_first else y.transpose(0, 1)), QRNNState(conv_next, c)
+
+
+    def _reverse_within(self, x: torch.Tensor, cond, lengths: torch.Tensor):
+        """The reverse layer on right-padded rows: each row reversed within its own length (the
+        padding stays behind it), then the causal computation, then reversed back, so a row's
+        real steps never see its padding. On padded steps the gates keep the cell (f = 1, i = 0),
+        so the final cell is the one at step 0."""
+        B, T = x.shape[0], x.shape[1]
+        check_lengths(lengths, B, T, "QRNNLayer")
+        t = torch.arange(T, device=x.device)[None, :]
+        L = lengths.to(x.device)[:, None]
+        idx = torch.where(t < L, L - 1 - t, t)  # [B, T], its own inverse
+        flip = lambda a: a.gather(1, idx[..., None].expand_as(a))  # noqa: E731
+        g, _ = self.gates(flip(x), None, cond)
+        H, P = self.hidden_size, gate_count(self.pooling)
+        keep = torch.zeros(P * H, dtype=g.dtype, device=g.device)
+        keep[H:2 * H] = float("inf")  # f = sigmoid(+inf) = 1
+        if P == 4:
+            keep[3 * H:] = float("-inf")  # i = sigmoid(-inf) = 0
+        hold = torch.zeros(P * H, dtype=torch.bool, device=g.device)
+        hold[H:2 * H] = True
+        hold[3 * H:] = P == 4
+        g = torch.where((t >= L)[..., None] & hold, keep, g)
+        y, c = fo_pool(g, None, self.pooling, batch_first=True)
+        return flip(y), c
 
 
 def _per_layer(value, num_layers: int, name: str) -> list:
@@ -259,8 +293,10 @@ class QRNN(nn.Module):
         return [layer.init_state(batch_size, device, dtype) for layer in self.layers]
 
     def forward(self, x: torch.Tensor, state: Optional[list] = None,
-                cond: Optional[Sequence[Optional[torch.Tensor]]] = None):
-        """x [B, T, input_size]; state: list of QRNNState or None; cond: per-layer [B, P*H] or None."""
+                cond: Optional[Sequence[Optional[torch.Tensor]]] = None, lengths: Optional[torch.Tensor] = None):
+        """x [B, T, input_size]; state: list of QRNNState or None; cond: per-layer [B, P*H] or None;
+        lengths [B]: real steps of right-padded rows (a bidirectional stack needs them so its
+        reverse layers start at each row's own end; forward layers are causal and ignore them)."""
         check_tensor(x, "QRNN: input", floating=True)
         if x.dim() != 3:
             raise ConfigError(f"QRNN: input must be [B, T, features], got shape {list(x.shape)}")
@@ -279,7 +315,7 @@ class QRNN(nn.Module):
         for l, layer in enumerate(self.layers):
             y, s = layer(inp, None if state is None else state[l], cond[l])
             if self.bidirectional:
-                yb, sb = self.reverse_layers[l](inp, None, cond[l])
+                yb, sb = self.reverse_layers[l](inp, None, cond[l], lengths)
                 y, s = torch.cat([y, yb], -1), (s, sb)
             new_state.append(s)
             if self.dropout is not None and l < self.num_layers - 1:

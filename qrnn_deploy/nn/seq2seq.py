@@ -14,6 +14,8 @@ bundle. `greedy_decode` and `beam_search` are the reference decoders the runtime
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -41,6 +43,17 @@ class Seq2SeqConfig:
     pooling: str = "fo"
     zoneout: float = 0.0
     dropout: float = 0.0
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """The model in eval mode inside, its own mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _src_tensor(src_ids) -> torch.Tensor:
@@ -215,8 +228,13 @@ class QRNNSeq2Seq(nn.Module):
 
     @torch.no_grad()
     def greedy_decode(self, src_ids: list[int], max_len: int = 200) -> list[int]:
-        """Greedy decoding of one source: the argmax symbol each step until </s> (not included)."""
+        """Greedy decoding of one source: the argmax symbol each step until </s> (not included).
+        Runs in eval mode (no zoneout or dropout), whatever mode the model is in."""
         check_decode_options(1, max_len, 1.0)
+        with _eval_mode(self):
+            return self._greedy_decode(src_ids, max_len)
+
+    def _greedy_decode(self, src_ids, max_len: int) -> list[int]:
         memory, cond, _ = self.encode(_src_tensor(src_ids))
         state, tok, out = None, BOS, []
         for _ in range(max_len):
@@ -230,8 +248,13 @@ class QRNNSeq2Seq(nn.Module):
     @torch.no_grad()
     def beam_search(self, src_ids: list[int], beam: int = 4, max_len: int = 200,
                     length_penalty: float = 1.0) -> list[int]:
-        """Beam search of one source (the rule is `beam_step`). Returns the best tokens (no </s>)."""
+        """Beam search of one source (the rule is `beam_step`). Returns the best tokens (no </s>).
+        Runs in eval mode (no zoneout or dropout), whatever mode the model is in."""
         check_decode_options(beam, max_len, length_penalty)
+        with _eval_mode(self):
+            return self._beam_search(src_ids, beam, max_len, length_penalty)
+
+    def _beam_search(self, src_ids, beam: int, max_len: int, length_penalty: float) -> list[int]:
         memory, cond, _ = self.encode(_src_tensor(src_ids))
         live: list[tuple[float, list[int]]] = [(0.0, [])]  # (sum of log-probs, tokens)
         finished: list[tuple[float, list[int]]] = []
