@@ -24,6 +24,7 @@ seq2seq with two vocabularies, {"src": {...}, "tgt": {...}}. `metadata` may hold
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Optional
@@ -181,8 +182,16 @@ class Manifest:
     # -- files --------------------------------------------------------------------------------
 
     def write(self, bundle_dir) -> Path:
+        """Writes manifest.json atomically: a full disk or a crash leaves the old one (or none),
+        never a truncated one. Raises OSError."""
         path = Path(bundle_dir) / MANIFEST_NAME
-        path.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp = path.with_name(f".{MANIFEST_NAME}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
         return path
 
 
@@ -225,8 +234,10 @@ def load_manifest(bundle_dir, check_files: bool = True) -> Manifest:
         raise BundleError(f"{bundle_dir} is not a bundle: {MANIFEST_NAME} is missing")
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, numbers over the digit limit
         raise BundleError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise BundleError(f"{path}: not a manifest (JSON nested too deeply)") from None
     except OSError as e:
         raise BundleError(f"{path}: cannot read it ({e.strerror or e})") from None
     m = Manifest.from_json(d, str(path))

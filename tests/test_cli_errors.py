@@ -175,10 +175,11 @@ def test_export_over_a_manifest_directory(lm_checkpoint, tmp_path, capsys):
 
     out = tmp_path / "b"
     (out / "manifest.json").mkdir(parents=True)
-    with pytest.raises(ExportError, match="manifest.json exists and is not a file"):
+    with pytest.raises(ExportError, match="not empty and holds no qrnn-deploy bundle"):
         export_bundle(load_checkpoint(lm_checkpoint), out, fo_pool="portable", verify=False)
     assert_error(capsys, ["export", str(lm_checkpoint), "-o", str(out), "--fo-pool", "portable", "--no-verify"],
-                 "exists and is not a file")
+                 "not empty and holds no qrnn-deploy bundle")
+    assert (out / "manifest.json").is_dir()  # nothing was changed
 
 
 # -- 4, 5, 6. output paths checked before the work -------------------------------------------------

@@ -136,7 +136,7 @@ def test_custom_graphs_on_reference_evaluator(tmp_path):
     _check_figures(verify_graphs(model, paths, man.graphs, "custom", tol=TOL, engine="reference"))
 
 
-def test_failed_verification_leaves_no_manifest(tmp_path, monkeypatch):
+def test_failed_verification_leaves_the_old_bundle_untouched(tmp_path, monkeypatch):
     from qrnn_deploy.export import exporter
 
     model = lm("fo", False)
@@ -150,10 +150,14 @@ def test_failed_verification_leaves_no_manifest(tmp_path, monkeypatch):
         w.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(w) + 0.01, w.name))
         return graphs
 
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     monkeypatch.setattr(exporter, "model_graphs", broken)
     with pytest.raises(VerificationError):
         export_bundle(model, tmp_path, fo_pool="portable")
-    assert not (tmp_path / "manifest.json").exists()  # the old manifest must not describe new graphs
+    # The failed export changed nothing: the old bundle is whole (its manifest still describes
+    # its own graphs) and no staging directory is left beside it.
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert [p.name for p in tmp_path.parent.iterdir() if p.name.startswith(f".{tmp_path.name}.")] == []
 
 
 def test_custom_graph_structure():

@@ -20,6 +20,10 @@ from qrnn_deploy.errors import QRNNError
 
 
 def main(argv=None):
+    if sys.stdout is None:  # started with stdout closed (`>&-`): nowhere for the output to go
+        if sys.stderr is not None:
+            print("error: standard output is closed", file=sys.stderr)
+        sys.exit(2)
     try:
         try:
             app(args=argv, standalone_mode=True)

@@ -4,7 +4,7 @@ copy task, stream it chunk by chunk, check the chunked run equals the whole run)
 import typer
 
 from qrnn_deploy.cli.app import app
-from qrnn_deploy.cli.options import check_at_least
+from qrnn_deploy.cli.options import check_at_least, check_seed
 
 
 @app.command()
@@ -12,6 +12,7 @@ def demo(steps: int = typer.Option(60, help="Training steps on the toy task."),
          seed: int = typer.Option(0, help="Random seed.")):
     """Train a small QRNN language model on a toy task, then stream it and check chunked == whole."""
     check_at_least(steps, "--steps", 1)
+    check_seed(seed)
     import time
 
     import torch

@@ -139,7 +139,8 @@ def info(bundle: str = typer.Argument(..., help="A bundle directory.")):
     if isinstance(q, dict):
         echo(f"weights     {q.get('scheme')}, blocks of {q.get('block_size')} (onnxruntime's MatMulNBits; "
              "onnxruntime only)")
-        for role, g in (q.get("graphs") or {}).items():
+        graphs = q.get("graphs") if isinstance(q.get("graphs"), dict) else {}
+        for role, g in graphs.items():
             try:
                 (n_q, n_all), (before, after) = g["matmuls"], g["weight_bytes"]
                 echo(f"  {role:<9} {n_q} of {n_all} matrix products int8: weights {_size(before)} -> {_size(after)}")
@@ -149,9 +150,11 @@ def info(bundle: str = typer.Argument(..., help="A bundle directory.")):
         echo("weights     float32")
     echo("config      " + ", ".join(f"{k}={v}" for k, v in m.config.items()))
     if m.vocab:
-        vocabs = m.vocab if "src" in m.vocab else {"": m.vocab}
+        vocabs = {k: m.vocab.get(k) for k in ("src", "tgt")} if "src" in m.vocab else {"": m.vocab}
         for side, v in vocabs.items():
-            echo(f"vocab{('.' + side) if side else '':<7}{v.get('type')}, {len(v.get('symbols', []))} symbols")
+            if not isinstance(v, dict):
+                continue
+            echo(f"vocab{('.' + side) if side else '':<7}{v.get('type')}, {len(v.get('symbols') or [])} symbols")
     else:
         echo("vocab       none (token ids only)")
     if m.special_tokens:

@@ -28,6 +28,24 @@ def check_threads(value, minimum: int = 1) -> None:
         raise ConfigError(f"--threads must be in {minimum}..{MAX_THREADS}, got {value}")
 
 
+# Sizes of a model trained from the command line: far beyond any that trains here, and below
+# what makes a single allocation fail with the allocator's own error.
+MAX_HIDDEN, MAX_LAYERS = 16384, 64
+MAX_SEED = 2 ** 63 - 1  # what every generator we seed takes (torch's is 64-bit)
+
+
+def check_seed(value, option: str = "--seed") -> None:
+    """`value` (None = not given) is an integer in [0, MAX_SEED]."""
+    if value is not None and not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{option} must be an integer in [0, 2**63 - 1], got {value}")
+
+
+def check_at_most(value, option: str, most: int) -> None:
+    """`value` (None = not given) is at most `most`."""
+    if value is not None and value > most:
+        raise ConfigError(f"{option} must be <= {most}, got {value}")
+
+
 def check_positive(value, option: str) -> None:
     """`value` (None = not given) is a finite number > 0 (nan would never end a time limit)."""
     if value is not None and not (math.isfinite(value) and value > 0):

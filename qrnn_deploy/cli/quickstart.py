@@ -19,7 +19,8 @@ from typing import Optional
 import typer
 
 from qrnn_deploy.cli.app import app
-from qrnn_deploy.cli.options import check_at_least, check_positive, check_threads, threads_option
+from qrnn_deploy.cli.options import (MAX_HIDDEN, MAX_LAYERS, check_at_least, check_at_most, check_positive, check_seed,
+                                     check_threads, threads_option)
 
 # Used only when the dictionary is not installed (then nothing can be scored): sentences written
 # for this project, not taken from the dictionary.
@@ -74,7 +75,7 @@ def quickstart(out: str = typer.Option("qrnn-quickstart", "--out", help="Directo
 
     from qrnn_deploy.data.dictionary import dictionary_path, load_splits
     from qrnn_deploy.data.scoring import format_scores, sample_pairs, score
-    from qrnn_deploy.errors import BuildError, DataError
+    from qrnn_deploy.errors import BuildError, ConfigError, DataError
     from qrnn_deploy.export import export_bundle
     from qrnn_deploy.nn import load_checkpoint
     from qrnn_deploy.paths import output_dir
@@ -84,9 +85,21 @@ def quickstart(out: str = typer.Option("qrnn-quickstart", "--out", help="Directo
     check_at_least(examples, "--examples", 0)
     check_at_least(hidden, "--hidden", 1)
     check_at_least(layers, "--layers", 1)
+    check_at_most(hidden, "--hidden", MAX_HIDDEN)
+    check_at_most(layers, "--layers", MAX_LAYERS)
     check_threads(threads)
+    check_seed(seed)
+    if fo_pool not in ("custom", "portable"):
+        raise ConfigError(f"--fo-pool must be 'custom' or 'portable', got {fo_pool!r}")
     if data_file is not None:
         dictionary_path(data_file)  # a file the user names must be there (the default may be absent)
+    if train_minutes is not None:
+        from qrnn_deploy.nn.train import RUN_FILES
+
+        held = [n for n in RUN_FILES if (Path(out) / "train" / n).exists()]
+        if held:
+            raise ConfigError(f"{Path(out) / 'train'} holds the run of an earlier quickstart ({', '.join(held)}): "
+                              "remove it or give another --out (nothing was changed)")
     out = output_dir(out, "--out directory")
     echo = typer.echo
     torch.set_num_threads(threads)

@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from qrnn_deploy.cli.app import app
-from qrnn_deploy.cli.options import check_at_least, check_positive, check_threads, threads_option
+from qrnn_deploy.cli.options import (MAX_HIDDEN, MAX_LAYERS, check_at_least, check_at_most, check_positive, check_seed,
+                                     check_threads, threads_option)
 
 
 @app.command()
@@ -47,8 +48,11 @@ def train(
     check_positive(minutes, "--minutes")
     for option, value in (("--steps", steps), ("--hidden", hidden), ("--layers", layers), ("--max-tokens", max_tokens)):
         check_at_least(value, option, 1)
+    check_at_most(hidden, "--hidden", MAX_HIDDEN)
+    check_at_most(layers, "--layers", MAX_LAYERS)
     check_threads(threads, minimum=0)
     check_positive(valid_every, "--valid-every")
+    check_seed(seed)
     torch.set_num_threads(max(1, threads))
     splits = load_splits(data_file)
     out = output_dir(out, "--out directory")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import math
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -128,17 +130,74 @@ def _labels(model) -> Optional[list]:
     return labels
 
 
-def _prepare_dir(out_dir) -> Path:
-    out_dir = output_dir(out_dir, "bundle directory", ExportError)
-    stale = out_dir / MANIFEST_NAME
-    if stale.is_dir() or (stale.exists() and not stale.is_file()):
-        raise ExportError(f"cannot write the bundle: {stale} exists and is not a file")
+def _bundle_files(d: Path) -> Optional[set]:
+    """The file names a bundle directory's manifest accounts for (itself, graphs, engines), or
+    None when `d` holds no readable qrnn-deploy manifest."""
+    from qrnn_deploy.bundle import load_manifest
+    from qrnn_deploy.errors import BundleError
+
     try:
-        # An old manifest must not describe new graphs if this export fails half way.
-        stale.unlink(missing_ok=True)
+        m = load_manifest(d, check_files=False)
+    except BundleError:
+        return None
+    return {MANIFEST_NAME} | {g.file for g in m.graphs.values()} | {e.file for e in m.engines.values()}
+
+
+def _prepare_dir(out_dir) -> tuple[Path, Path]:
+    """(the bundle directory, a new empty staging directory beside it). The bundle is written
+    into the staging directory and moved into place only when complete (`_publish`), so a
+    failed or interrupted export leaves what was there untouched. An existing `out_dir` must be
+    empty or a bundle holding nothing but its own files: export never deletes a user's files."""
+    out_dir = output_dir(out_dir, "bundle directory", ExportError, create=False)
+    if out_dir.exists():
+        try:
+            present = {p.name for p in out_dir.iterdir()}
+        except OSError as e:
+            raise ExportError(f"cannot read the bundle directory {out_dir}: {e.strerror or e}") from None
+        if present:
+            own = _bundle_files(out_dir)
+            if own is None:
+                raise ExportError(f"{out_dir} is not empty and holds no qrnn-deploy bundle: export into a new or "
+                                  "empty directory (nothing was changed)")
+            foreign = sorted(present - own)
+            if foreign:
+                raise ExportError(f"{out_dir} holds files that are not its bundle's ({', '.join(foreign[:3])}"
+                                  f"{', ...' if len(foreign) > 3 else ''}): move them or export elsewhere "
+                                  "(nothing was changed)")
+    parent = out_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.export-", dir=parent))
+        # mkdtemp makes it private (0700); a bundle directory gets the usual mode, or the old one's.
+        if out_dir.exists():
+            mode = out_dir.stat().st_mode & 0o7777
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o777 & ~umask
+        os.chmod(stage, mode)
     except OSError as e:
-        raise ExportError(f"cannot replace {stale}: {e.strerror or e}") from None
-    return out_dir
+        raise ExportError(f"cannot create the bundle directory {out_dir}: {e.strerror or e}") from None
+    return out_dir, stage
+
+
+def _publish(stage: Path, out_dir: Path) -> None:
+    """Moves the complete bundle in `stage` to `out_dir`, replacing the bundle there."""
+    old = None
+    try:
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.rename(out_dir, old / "bundle")
+        try:
+            os.rename(stage, out_dir)
+        except OSError:
+            if old is not None:
+                os.rename(old / "bundle", out_dir)  # put the old bundle back
+            raise
+    except OSError as e:
+        raise ExportError(f"cannot move the new bundle into {out_dir}: {e.strerror or e}") from None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _quantize_graphs(graphs: dict, paths: dict, block_size: int) -> dict:
@@ -193,7 +252,20 @@ def export_bundle(model, out_dir: Union[str, Path], fo_pool: str = "custom", ops
     model = copy.deepcopy(model).float().eval()
     graphs = model_graphs(model, fo_pool, opset, node_attrs)
 
-    out_dir = _prepare_dir(out_dir)
+    final_dir, out_dir = _prepare_dir(out_dir)
+    try:
+        manifest = _write_bundle(model, out_dir, graphs, fo_pool, opset, verify, tol, verify_engine, quantize,
+                                 quantize_block, quantized_tol, vocab_entry, labels)
+        _publish(out_dir, final_dir)
+    finally:
+        if out_dir.exists():  # failed or interrupted: the staging directory goes, nothing else
+            shutil.rmtree(out_dir, ignore_errors=True)
+    return manifest
+
+
+def _write_bundle(model, out_dir: Path, graphs: dict, fo_pool: str, opset: int, verify: bool, tol: float,
+                  verify_engine: str, quantize: Optional[str], quantize_block: int, quantized_tol: float,
+                  vocab_entry, labels) -> Manifest:
     if fo_pool == "custom":
         register_fo_pool_schema()
     paths, specs = {}, {}
@@ -232,6 +304,9 @@ def export_bundle(model, out_dir: Union[str, Path], fo_pool: str = "custom", ops
         custom_op={"domain": FO_POOL_DOMAIN, "op_type": FO_POOL_OP, "version": FO_POOL_VERSION}
         if fo_pool == "custom" else None,
         metadata=metadata)
-    manifest.validate(str(out_dir / MANIFEST_NAME))
-    manifest.write(out_dir)
+    manifest.validate(MANIFEST_NAME)
+    try:
+        manifest.write(out_dir)
+    except OSError as e:
+        raise ExportError(f"cannot write {out_dir / MANIFEST_NAME}: {e.strerror or e}") from None
     return manifest

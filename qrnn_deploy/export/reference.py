@@ -44,7 +44,10 @@ def fo_pool_numpy(gates: np.ndarray, c0=None, pooling: str = "fo", batch_first: 
 class FoPool(OpRun):
     op_domain = FO_POOL_DOMAIN
 
-    def _run(self, gates, c0=None, pooling="fo", batch_first=0, reverse=0):
+    # plugin_version / plugin_namespace (TensorRT's) change nothing here; the evaluator passes
+    # every attribute the registered schema declares, so they must be accepted.
+    def _run(self, gates, c0=None, pooling="fo", batch_first=0, reverse=0, plugin_version=None,
+             plugin_namespace=None):
         pooling = pooling.decode() if isinstance(pooling, bytes) else pooling
         return fo_pool_numpy(gates, c0, pooling, batch_first, reverse)
 

@@ -137,6 +137,10 @@ def build_engines(bundle_dir, fp16: bool = False, max_batch: int = 8, max_chunk:
                                             profiles=profiles, tensorrt_version=trt.__version__)
         log(f"built {file} ({precision}, FoPool plugin {manifest.engines[role].plugin}, "
             f"profiles {[p['name'] for p in profiles]})")
-    manifest.write(bundle_dir)
+    try:
+        manifest.write(bundle_dir)
+    except OSError as e:
+        raise ExportError(f"cannot write {Path(bundle_dir) / 'manifest.json'}: {e.strerror or e} (the bundle's "
+                          "manifest is unchanged; the engines built are beside it)") from None
     return manifest
 

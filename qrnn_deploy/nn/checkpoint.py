@@ -161,6 +161,9 @@ def load_checkpoint(path, dtype: torch.dtype = torch.float32) -> nn.Module:
         model = cls.from_config(cls.config_class(**meta["config"]))
     except (TypeError, ConfigError) as e:
         raise CheckpointError(f"{path}: config does not fit {cls.__name__} ({e})") from None
+    except (RuntimeError, MemoryError) as e:  # sizes no memory holds (a damaged or hostile file)
+        raise CheckpointError(f"{path}: its config asks for a model this machine cannot hold "
+                              f"({str(e).splitlines()[0][:120]})") from None
     try:
         tensors = load_file(str(path))
     except Exception as e:

@@ -25,7 +25,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from qrnn_deploy.errors import CheckpointError, ConfigError, DataError
+from qrnn_deploy.errors import CheckpointError, ConfigError, DataError, QRNNError
 from qrnn_deploy.nn.batching import collate, greedy_decode_batch, make_batches
 from qrnn_deploy.nn.checkpoint import load_checkpoint, save_checkpoint
 from qrnn_deploy.nn.seq2seq import QRNNSeq2Seq
@@ -88,6 +88,10 @@ def evaluate_loss(model, src: Sequence, tgt: Sequence, max_tokens: int, device) 
 # Training state (everything but the model) for --resume.
 
 
+# What a run directory holds once a run has saved anything: a new run must not write over them.
+RUN_FILES = ("last.safetensors", "best.safetensors", "state.json", "state.safetensors", "log.jsonl")
+
+
 def save_train_state(out: Path, optimizer: torch.optim.Optimizer, info: dict) -> None:
     """Adam moments + CPU RNG state as safetensors, the rest (step, epoch, ...) as JSON."""
     from safetensors.torch import save_file
@@ -98,12 +102,20 @@ def save_train_state(out: Path, optimizer: torch.optim.Optimizer, info: dict) ->
         for k, v in st.items():
             tensors[f"opt.{pid}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
     tmp = out / "state.safetensors.tmp"
-    save_file(tensors, str(tmp))
+    try:
+        save_file(tensors, str(tmp))
+    except Exception as e:  # safetensors' own error type for I/O failures (a full disk)
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write the training state {tmp}: {e}") from None
     tmp.replace(out / "state.safetensors")
     meta = dict(info, param_groups=[{k: v for k, v in g.items() if k != "params"} for g in sd["param_groups"]],
                 python_rng=_py_rng_to_json(info.pop("_py_rng", None)))
     tmpj = out / "state.json.tmp"
-    tmpj.write_text(json.dumps(meta, indent=1))
+    try:
+        tmpj.write_text(json.dumps(meta, indent=1))
+    except OSError as e:
+        tmpj.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write the training state {tmpj}: {e.strerror or e}") from None
     tmpj.replace(out / "state.json")
 
 
@@ -249,10 +261,14 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
     """
     if minutes is None and max_steps is None:
         raise ConfigError("train: give --minutes or max_steps")
-    out = output_dir(out_dir, "run directory")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
+    held = [n for n in RUN_FILES if (Path(out_dir) / n).exists()]
+    if not resume and held:
+        raise ConfigError(f"{out_dir} already holds a run ({', '.join(held)}): continue it with --resume, or "
+                          "train into another --out (nothing was changed)")
+    out = output_dir(out_dir, "run directory")
 
     meta = None
     if resume:
@@ -261,8 +277,12 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
         read_train_state_info(out)  # a damaged state fails now, not after the data is prepared
         model = load_checkpoint(out / "last.safetensors").train()
         extra = model.extra
-        cfg = TrainConfig(**extra["train_config"])
-        vocab = CharVocab.from_json(extra["vocab"])
+        try:
+            cfg = TrainConfig(**extra["train_config"])
+            vocab = CharVocab.from_json(extra["vocab"])
+        except (KeyError, TypeError, ValueError, QRNNError) as e:
+            raise CheckpointError(f"--resume: {out / 'last.safetensors'} was not written by qrnn-deploy train "
+                                  f"(its training settings or vocabulary are missing or unknown: {e})") from None
     else:
         torch.manual_seed(cfg.seed)
         vocab = None

@@ -101,6 +101,24 @@ def make_server(app, host: str = "127.0.0.1", port: int = 8000, log_level: str =
     return DrainingServer(uvicorn_config(app, state.cfg, host, port, log_level, access_log), state)
 
 
+def check_listen(host: str, port: int) -> None:
+    """ConfigError when this process cannot listen on host:port (in use, no such address):
+    uvicorn would log it among its start-up lines and exit with status 3."""
+    import socket
+
+    from qrnn_deploy.errors import ConfigError
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            s.bind(addr)
+    except (OSError, OverflowError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
 def run_server(bundle, cfg: Optional[ServeConfig] = None, host: str = "127.0.0.1", port: int = 8000,
                threads: Optional[int] = None, backend: str = "onnxruntime", log_level: str = "info",
                access_log: bool = False, switch_interval: float = 2e-4) -> None:
@@ -112,6 +130,7 @@ def run_server(bundle, cfg: Optional[ServeConfig] = None, host: str = "127.0.0.1
     # call (the loop writes a socket per token), it usually takes it straight back; the other
     # thread then waits for the forced switch, 5 ms by default: far longer than a decoder step.
     # A dedicated server process can afford a shorter interval.
+    check_listen(host, port)  # a port in use is one error line, before the bundle loads
     sys.setswitchinterval(switch_interval)
     b = load_bundle(bundle, backend=backend, threads=threads)
     tr = b.translator()
