@@ -189,6 +189,8 @@ def test_out_of_range_seeds_and_sizes(lm_ckpt, tmp_path, capsys):
     one_line_error(capsys, "train", "--hidden", 10 ** 7, "--out", tmp_path / "r", needle="--hidden must be <=")
     export_bundle(load_checkpoint(lm_ckpt), tmp_path / "b", fo_pool="portable", verify=False)
     one_line_error(capsys, "verify", tmp_path / "b", "--seed", -1, needle="--seed")
+    if not torch.cuda.is_available():
+        one_line_error(capsys, "train", "--device", "cuda", "--out", tmp_path / "r", needle="no CUDA device")
     assert not (tmp_path / "r").exists()
 
 

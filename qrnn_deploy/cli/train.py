@@ -54,6 +54,8 @@ def train(
     check_positive(valid_every, "--valid-every")
     check_seed(seed)
     torch.set_num_threads(max(1, threads))
+    if device == "cuda" and not torch.cuda.is_available():  # before --out is created
+        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
     splits = load_splits(data_file)
     out = output_dir(out, "--out directory")
     if resume:
