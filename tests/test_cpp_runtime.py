@@ -239,6 +239,16 @@ def test_error_paths_are_one_line_and_exit_2(programs, bundles, tmp_path):
         "state_name": (lambda m: m["graphs"]["decoder"]["states"][0].update(name="c_state_9"), "re-export"),
         "model_type": (lambda m: m.update(model_type="language_model", graphs={"lm": m["graphs"]["encoder"]}),
                        "needs a seq2seq bundle"),
+        # Found by review: each was accepted (or crashed) before.
+        "traversal": (lambda m: m["graphs"]["encoder"].update(file="../other/encoder.onnx"),
+                      "must be a relative file name inside the bundle"),
+        "absolute": (lambda m: m["graphs"]["encoder"].update(file="/etc/passwd"), "no absolute path"),
+        "negative_bos": (lambda m: m["special_tokens"].update(bos=-1), "special_tokens.bos must be a token id"),
+        "special_list": (lambda m: m.update(special_tokens=[1]), "special_tokens must be an object"),
+        "multichar": (lambda m: m["vocab"]["src"]["symbols"].__setitem__(5, "ab") if "src" in m["vocab"]
+                      else m["vocab"]["symbols"].__setitem__(5, "ab"), "must be one character"),
+        "deep": (lambda m: m.update(config=json.loads("[" * 200 + "]" * 200)), "nested too deeply"),
+        "huge_state": (lambda m: m["graphs"]["decoder"]["states"][0].update(shape=["B", 2 ** 62]), "too large"),
     }
     for name, (edit, needle) in cases.items():
         d = _copy_bundle(good, tmp_path / name)

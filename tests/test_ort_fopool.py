@@ -202,6 +202,14 @@ def test_bad_attributes_fail_at_session_creation():
     expect_error(lambda: _native.ort_session(fopool_model("fo", reverse=-1)), "reverse")
 
 
+def test_attributes_of_the_wrong_type_are_errors_not_defaults():
+    """reverse=1.0, pooling=4 or batch_first="1" were read as absent: the node silently ran as
+    fo / forward / time-major (found by review)."""
+    expect_error(lambda: _native.ort_session(fopool_model("fo", reverse=1.0)), "'reverse'", "integer")
+    expect_error(lambda: _native.ort_session(fopool_model("fo", batch_first="1")), "'batch_first'", "integer")
+    expect_error(lambda: _native.ort_session(fopool_model(4)), "'pooling'", "string")
+
+
 def test_static_shape_errors_fail_when_the_session_is_created():
     # onnxruntime (1.32) drops statuses from custom-op shape inference, so the kernel checks the
     # shapes the graph fixes when the session creates it: the graph fails to load, naming the

@@ -41,6 +41,26 @@ bool TryReadString(const OrtApi& api, const OrtKernelInfo* info, const char* nam
   return true;
 }
 
+// Whether the node sets `name` with any type this API can read: a read of the expected type
+// that failed on a set attribute means the type is wrong (which must not mean "the default").
+bool HasAttr(const OrtApi& api, const OrtKernelInfo* info, const char* name) {
+  auto ok = [&](OrtStatusPtr st) {
+    if (st == nullptr) return true;
+    api.ReleaseStatus(st);
+    return false;
+  };
+  int64_t i = 0;
+  float f = 0;
+  size_t n = 0;
+  if (ok(api.KernelInfoGetAttribute_int64(info, name, &i))) return true;
+  if (ok(api.KernelInfoGetAttribute_float(info, name, &f))) return true;
+  if (ok(api.KernelInfoGetAttribute_string(info, name, nullptr, &n))) return true;
+  n = 0;
+  if (ok(api.KernelInfoGetAttributeArray_int64(info, name, nullptr, &n))) return true;
+  n = 0;
+  return ok(api.KernelInfoGetAttributeArray_float(info, name, nullptr, &n));
+}
+
 }  // namespace
 
 OrtStatusPtr ReadFoPoolAttrs(const OrtApi& api, const OrtKernelInfo* info, FoPoolAttrs* out) {
@@ -56,7 +76,10 @@ OrtStatusPtr ReadFoPoolAttrs(const OrtApi& api, const OrtKernelInfo* info, FoPoo
     }
   }
   std::string pooling = "fo";
-  TryReadString(api, info, "pooling", &pooling);
+  if (!TryReadString(api, info, "pooling", &pooling) && HasAttr(api, info, "pooling")) {
+    return api.CreateStatus(ORT_INVALID_ARGUMENT, (NodeLabel(*out) + ": attribute 'pooling' must be a string "
+                                                   "('f', 'fo' or 'ifo')").c_str());
+  }
   out->P = fopool::gate_count(pooling);
   if (out->P == 0) {
     return api.CreateStatus(ORT_INVALID_ARGUMENT, (NodeLabel(*out) + ": unknown pooling attribute '" + pooling +
@@ -64,7 +87,10 @@ OrtStatusPtr ReadFoPoolAttrs(const OrtApi& api, const OrtKernelInfo* info, FoPoo
   }
   for (const char* name : {"batch_first", "reverse"}) {
     int64_t v = 0;
-    TryReadInt(api, info, name, &v);
+    if (!TryReadInt(api, info, name, &v) && HasAttr(api, info, name)) {
+      return api.CreateStatus(ORT_INVALID_ARGUMENT, (NodeLabel(*out) + ": attribute '" + name +
+                                                     "' must be an integer (0 or 1)").c_str());
+    }
     if (v != 0 && v != 1) {
       return api.CreateStatus(ORT_INVALID_ARGUMENT, (NodeLabel(*out) + ": attribute '" + name +
                                                      "' must be 0 or 1, got " + std::to_string(v)).c_str());

@@ -1,6 +1,7 @@
 // qrnn_stream: stream stdin lines through a language-model bundle (each line is a prompt; its
 // continuation is written token by token) or a classifier bundle (each line is fed in chunks;
 // the running prediction is written after each chunk).
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -34,7 +35,7 @@ int run(int argc, char** argv) {
   if (args.positional.size() != 1) throw UsageError("expected one BUNDLE argument (see --help)");
   const int max_new = static_cast<int>(args.integer("--max-new", 50, 0, 1000000));
   const double temperature = args.real("--temperature", 0.0);
-  if (temperature < 0) throw UsageError("--temperature must be >= 0");
+  if (!(temperature >= 0 && std::isfinite(temperature))) throw UsageError("--temperature must be a finite number >= 0");
   const int top_k = static_cast<int>(args.integer("--top-k", 0, 0, 1000000));
   const uint64_t seed = static_cast<uint64_t>(args.integer("--seed", 0, 0, 1L << 62));
   const long chunk = args.integer("--chunk", 0, 0, 1000000);

@@ -24,11 +24,17 @@ std::vector<double> softmax(const std::vector<double>& z) {
 }  // namespace
 
 int64_t pick_token(const float* logits, int64_t V, double temperature, int top_k, std::mt19937_64& rng) {
-  if (temperature < 0) throw ConfigError("temperature must be >= 0, got " + std::to_string(temperature));
+  if (!(temperature >= 0 && std::isfinite(temperature)))  // NaN fails this too
+    throw ConfigError("temperature must be a finite number >= 0, got " + std::to_string(temperature));
   if (top_k < 0) throw ConfigError("top_k must be >= 1 (or 0 for all), got " + std::to_string(top_k));
   if (temperature == 0) return argmax(logits, V);
+  // Shifted by the largest logit first (as the Python runtime does): a tiny temperature must not
+  // overflow it to inf, which would make every weight NaN.
+  double top = -std::numeric_limits<double>::infinity();
+  for (int64_t i = 0; i < V; ++i) top = std::max(top, static_cast<double>(logits[i]));
+  if (std::isnan(top) || std::isinf(top)) return argmax(logits, V);  // no finite largest logit to sample around
   std::vector<double> z(static_cast<std::size_t>(V));
-  for (int64_t i = 0; i < V; ++i) z[i] = static_cast<double>(logits[i]) / temperature;
+  for (int64_t i = 0; i < V; ++i) z[i] = (static_cast<double>(logits[i]) - top) / temperature;
   if (top_k > 0 && top_k < V) {
     std::vector<double> sorted = z;
     std::nth_element(sorted.begin(), sorted.begin() + (top_k - 1), sorted.end(), std::greater<double>());

@@ -87,9 +87,26 @@ TensorSpec tensor_of(const json& t, const std::string& where, const std::string&
   return spec;
 }
 
+// A file of the bundle: a relative name inside its directory (bundle.py's _check_file).
+std::string file_of(const json& obj, const std::string& where, const std::string& what) {
+  std::string f = string_of(obj, "file", where);
+  bool bad = f.empty() || f[0] == '/' || f.find('\\') != std::string::npos;
+  std::size_t a = 0;
+  while (!bad && a <= f.size()) {  // no ".." component
+    std::size_t b = f.find('/', a);
+    if (b == std::string::npos) b = f.size();
+    bad = f.compare(a, b - a, "..") == 0 && b - a == 2;
+    a = b + 1;
+  }
+  if (bad)
+    throw BundleError(where + ": " + what + " file '" + f +
+                      "' must be a relative file name inside the bundle (no absolute path, no '..')");
+  return f;
+}
+
 GraphSpec graph_of(const json& g, const std::string& where, const std::string& role) {
   GraphSpec spec;
-  spec.file = string_of(g, "file", where);
+  spec.file = file_of(g, where, "graph '" + role + "'");
   for (const char* key : {"inputs", "outputs"}) {
     const json& list = member(g, key, where);
     if (!list.is_array()) throw BundleError(where + ": graph " + role + ": '" + key + "' must be a list");
@@ -145,7 +162,7 @@ Manifest manifest_of(const json& d, const std::string& where) {
     if (!eng->is_object()) throw BundleError(where + ": malformed manifest ('engines' must be an object)");
     for (auto it = eng->begin(); it != eng->end(); ++it) {
       EngineSpec e;
-      e.file = string_of(it.value(), "file", where);
+      e.file = file_of(it.value(), where, "engine '" + it.key() + "'");
       if (it.value().contains("precision") && it.value()["precision"].is_string()) e.precision = it.value()["precision"];
       if (it.value().contains("plugin") && it.value()["plugin"].is_string()) e.plugin = it.value()["plugin"];
       if (it.value().contains("tensorrt_version") && it.value()["tensorrt_version"].is_string())
@@ -164,11 +181,14 @@ Manifest manifest_of(const json& d, const std::string& where) {
     }
   }
   auto sp = d.find("special_tokens");
+  if (sp != d.end() && !sp->is_null() && !sp->is_object())
+    throw BundleError(where + ": special_tokens must be an object (name -> token id)");
   if (sp != d.end() && sp->is_object()) {
     auto read = [&](const char* k, int64_t& out) {
       auto v = sp->find(k);
       if (v != sp->end()) {
-        if (!v->is_number_integer()) throw BundleError(where + ": special_tokens." + k + " must be an integer");
+        if (!v->is_number_integer() || v->get<int64_t>() < 0)
+          throw BundleError(where + ": special_tokens." + k + " must be a token id (an integer >= 0)");
         out = v->get<int64_t>();
       }
     };
@@ -217,12 +237,20 @@ const GraphSpec& Manifest::graph(const std::string& role) const {
 }
 
 Manifest parse_manifest(const std::string& text, const std::string& where) {
+  // Nesting is bounded while parsing: printing a value (error messages, config_json) recurses,
+  // and a manifest nested thousands deep would overflow the stack there.
+  constexpr int kMaxDepth = 64;
+  bool too_deep = false;
   json d;
   try {
-    d = json::parse(text);
+    d = json::parse(text, [&](int depth, json::parse_event_t, json&) {
+      if (depth > kMaxDepth) too_deep = true;
+      return !too_deep;  // once too deep, keep nothing more
+    });
   } catch (const json::exception& e) {
     throw BundleError(where + ": not valid JSON (" + e.what() + ")");
   }
+  if (too_deep) throw BundleError(where + ": not a manifest (JSON nested too deeply)");
   try {
     return manifest_of(d, where);
   } catch (const json::exception& e) {  // a value of an unexpected type somewhere

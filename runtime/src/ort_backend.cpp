@@ -89,12 +89,16 @@ class OrtBackend final : public Backend {
     std::vector<const char*> in_names, out_names;
     std::vector<Ort::Value> values;
     values.reserve(inputs.size());
-    for (size_t i = 0; i < inputs.size(); ++i) {
-      const Tensor& t = *inputs[i];
-      in_names.push_back(input_names[i].c_str());
-      // onnxruntime reads inputs only; the API takes a non-const pointer for both directions.
-      values.push_back(Ort::Value::CreateTensor(memory_, const_cast<void*>(t.raw()), t.nbytes(), t.shape().data(),
-                                                t.shape().size(), ort_type(t.dtype())));
+    try {
+      for (size_t i = 0; i < inputs.size(); ++i) {
+        const Tensor& t = *inputs[i];
+        in_names.push_back(input_names[i].c_str());
+        // onnxruntime reads inputs only; the API takes a non-const pointer for both directions.
+        values.push_back(Ort::Value::CreateTensor(memory_, const_cast<void*>(t.raw()), t.nbytes(), t.shape().data(),
+                                                  t.shape().size(), ort_type(t.dtype())));
+      }
+    } catch (const Ort::Exception& e) {
+      throw BackendError("onnxruntime cannot take the inputs of graph " + role_ + " (" + path_ + "): " + e.what());
     }
     for (const auto& n : output_names) out_names.push_back(n.c_str());
     std::vector<Ort::Value> outs;

@@ -18,6 +18,7 @@ std::vector<std::string> cond_names_of(const std::vector<std::string>& names, co
     if (n.rfind("cond_", 0) != 0) continue;
     const std::string num = n.substr(5);
     if (num.empty() || num.find_first_not_of("0123456789") != std::string::npos) continue;
+    if (num.size() > 6) throw BundleError(where + ": " + n + " is not a layer's cond tensor (too many layers)");
     layers.push_back(std::stoi(num));
   }
   std::sort(layers.begin(), layers.end());

@@ -41,17 +41,22 @@ std::size_t dtype_size(DType t) {
   return 0;
 }
 
-static int64_t product(const std::vector<int64_t>& shape) {
+// Elements of `shape` times `elem` bytes; ConfigError when a dimension is negative or the size
+// does not fit (a hostile or broken manifest could otherwise wrap it into a small buffer).
+static std::size_t checked_bytes(const std::vector<int64_t>& shape, std::size_t elem) {
+  constexpr int64_t kMax = int64_t{1} << 48;  // 256 TiB: no real tensor, and no overflow below
   int64_t n = 1;
   for (int64_t d : shape) {
     if (d < 0) throw ConfigError("tensor shape has a negative dimension");
+    if (d != 0 && n > kMax / d) throw ConfigError("tensor shape is too large");
     n *= d;
   }
-  return n;
+  if (n > kMax / static_cast<int64_t>(elem)) throw ConfigError("tensor shape is too large");
+  return static_cast<std::size_t>(n) * elem;
 }
 
 Tensor::Tensor(DType dtype, std::vector<int64_t> shape)
-    : dtype_(dtype), shape_(std::move(shape)), data_(static_cast<std::size_t>(product(shape_)) * dtype_size(dtype), 0) {}
+    : dtype_(dtype), shape_(std::move(shape)), data_(checked_bytes(shape_, dtype_size(dtype)), 0) {}
 
 Tensor Tensor::from_floats(const std::vector<float>& values, std::vector<int64_t> shape) {
   Tensor t(DType::Float32, std::move(shape));
@@ -67,7 +72,7 @@ Tensor Tensor::from_ids(const std::vector<int64_t>& ids, std::vector<int64_t> sh
   return t;
 }
 
-int64_t Tensor::numel() const { return product(shape_); }
+int64_t Tensor::numel() const { return static_cast<int64_t>(checked_bytes(shape_, 1)); }
 
 std::vector<float> Tensor::to_floats() const {
   const int64_t n = numel();

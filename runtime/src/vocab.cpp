@@ -28,6 +28,9 @@ CharVocab::CharVocab(std::vector<std::string> symbols, SpecialTokens special)
   for (int i = 0; i < 4; ++i)
     if (symbols_[i] != specials[i])
       throw BundleError("vocabulary: the first four symbols must be <pad> <unk> <s> </s>, got '" + symbols_[i] + "'");
+  for (std::size_t i = 4; i < symbols_.size(); ++i)
+    if (utf8_chars(symbols_[i]).size() != 1)
+      throw BundleError("vocabulary: every symbol after the specials must be one character, got '" + symbols_[i] + "'");
   for (std::size_t i = 0; i < symbols_.size(); ++i)
     if (!index_.emplace(symbols_[i], static_cast<int64_t>(i)).second)
       throw BundleError("vocabulary: symbols are not unique ('" + symbols_[i] + "' repeats)");

@@ -41,6 +41,9 @@ struct Report {
 };
 
 std::vector<int64_t> random_ids(std::mt19937& rng, int64_t n, int64_t lo, int64_t hi) {
+  if (hi <= lo)
+    throw qrnn::BundleError("the vocabulary has no ordinary symbols (ids from " + std::to_string(lo) +
+                            "): nothing to check with");
   std::uniform_int_distribution<int64_t> d(lo, hi - 1);
   std::vector<int64_t> v(static_cast<std::size_t>(n));
   for (auto& x : v) x = d(rng);
