@@ -84,3 +84,16 @@ def test_untyped_errors_are_now_typed(tmp_path):
     with pytest.raises(ConfigError):
         greedy_decode_batch(m, [[5, 6]], batch_size=0)
     assert m.training  # the mode survives a refused call
+
+
+def test_c_last_has_the_gates_dtype_even_without_steps():
+    """With T = 0 c_last came back in c0's dtype, with steps in the gates' (found by review)."""
+    from qrnn_deploy.nn import fo_pool
+
+    c0 = torch.randn(2, 3, dtype=torch.float32)
+    for T in (0, 1):
+        gates = torch.randn(T, 2, 9).to(torch.float64)
+        h, c_last = fo_pool(gates, c0, "fo")
+        assert c_last.dtype == torch.float64 and h.shape == (T, 2, 3)
+        if T == 0:
+            torch.testing.assert_close(c_last, c0.double())

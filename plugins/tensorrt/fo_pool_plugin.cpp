@@ -60,8 +60,10 @@ bool ParseFields(PluginFieldCollection const* fc, FoPoolParams* params, std::str
       params->pooling = s.substr(0, s.find('\0'));
     } else if (std::strcmp(f.name, "num_inputs") == 0) {
       int32_t v = 0;
-      if (!IntField(f, &v) || v < 1 || v > 2) {
-        *error = "field 'num_inputs' must be 1 or 2";
+      // 0: serialised before configuration (a clone TensorRT never configured); onShapeChange
+      // sets it before any enqueue, so refusing it would only make such an engine unloadable.
+      if (!IntField(f, &v) || v < 0 || v > 2) {
+        *error = "field 'num_inputs' must be 0 (not configured yet), 1 or 2";
         return false;
       }
       params->num_inputs = v;

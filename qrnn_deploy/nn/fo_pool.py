@@ -142,7 +142,8 @@ def _fo_pool_forward_impl(gates, c0, pooling, batch_first, reverse):
     T, B, P, H = check_fo_pool_args(gates, c0, pooling, batch_first)
     if T == 0 or B == 0 or H == 0:  # nothing to compute (the native kernels refuse H = 0)
         h = torch.empty(gates.shape[:2] + (H,), dtype=gates.dtype, device=gates.device)
-        c_last = c0.clone() if c0 is not None else gates.new_zeros(B, H)
+        # The gates' dtype, as when there are steps (c0 may be wider, e.g. float32 with half gates).
+        c_last = c0.to(gates.dtype, copy=True) if c0 is not None else gates.new_zeros(B, H)
         return h, c_last
     if gates.is_cuda:  # the plugins/cuda kernels; None when they cannot be built (warned once)
         out = _cuda_kernels.forward(gates, c0, pooling, batch_first, reverse)

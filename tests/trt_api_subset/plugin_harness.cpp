@@ -187,6 +187,14 @@ int main() {
   CHECK(g_calls.size() == 2 && g_calls.back().c0 == nullptr && g_calls.back().dtype == QRNN_F32);
   std::unique_ptr<IPluginV3> cloned(plugin->clone());
   CHECK(dynamic_cast<qrnn::trt::FoPoolPlugin*>(cloned.get())->params().P == 4);
+  // A plugin serialised before any configuration (num_inputs 0) loads again: refusing it made
+  // such an engine unloadable (found by review).
+  std::unique_ptr<IPluginV3> fresh(creator->createPlugin("node", &fc, TensorRTPhase::kBUILD));
+  CHECK(fresh && dynamic_cast<qrnn::trt::FoPoolPlugin*>(fresh.get())->params().num_inputs == 0);
+  auto* fresh_rt = static_cast<IPluginV3OneRuntime*>(fresh->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+  std::unique_ptr<IPluginV3> reloaded(
+      creator->createPlugin("node", fresh_rt->getFieldsToSerialize(), TensorRTPhase::kRUNTIME));
+  CHECK(reloaded != nullptr);
 
   // Bad fields are refused (createPlugin returns null, no crash).
   const char lstm[] = "lstm";
