@@ -218,3 +218,28 @@ def test_serve_on_a_port_in_use_is_one_error_line(lm_ckpt, tmp_path):
                             str(port)], capture_output=True, text=True, env=ENV, timeout=120)
     err = r.stderr.strip()
     assert r.returncode == 2 and err.startswith("error: cannot listen on 127.0.0.1:") and "\n" not in err, err
+
+
+def test_resume_checks_the_data_and_the_state(tiny_dict, tmp_path, capsys):  # noqa: F811
+    """A resumed run took other data without a word (another --data-file, or the installed
+    dictionary after an update), and weights and training state from different steps."""
+    run = tmp_path / "run"
+    code, _, err = cli(capsys, "train", "--steps", "2", "--out", run, "--data-file", tiny_dict, *TINY)
+    assert code == 0, err
+    other = tmp_path / "other.txt"
+    lines = tiny_dict.read_text(encoding="utf-8").splitlines()
+    other.write_text("\n".join(lines[:-50]) + "\n", encoding="utf-8")
+    one_line_error(capsys, "train", "--steps", "3", "--out", run, "--data-file", other, "--resume", "--no-progress",
+                   needle="the data differ from the run's")
+    state = json.loads((run / "state.json").read_text())
+    json_pos = dict(state, pos=10 ** 9)
+    (run / "state.json").write_text(json.dumps(json_pos))
+    one_line_error(capsys, "train", "--steps", "3", "--out", run, "--data-file", tiny_dict, "--resume",
+                   "--no-progress", needle="batch position")
+    (run / "state.json").write_text(json.dumps(dict(state, step=1)))
+    one_line_error(capsys, "train", "--steps", "3", "--out", run, "--data-file", tiny_dict, "--resume",
+                   "--no-progress", needle="interrupted while saving")
+    (run / "state.json").write_text(json.dumps(state))
+    code, _, err = cli(capsys, "train", "--steps", "3", "--out", run, "--data-file", tiny_dict, "--resume",
+                       "--no-progress")
+    assert code == 0, err

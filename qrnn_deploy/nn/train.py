@@ -14,6 +14,7 @@ batches in the same order and starts from the same weights.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -232,6 +233,18 @@ class TrainResult:
     parameters: int
 
 
+def data_fingerprint(splits: dict) -> dict:
+    """What a resumed run must find again: the training and validation pairs, in order."""
+    out = {}
+    for name in ("train", "valid"):
+        pairs = list(splits.get(name, []))
+        h = hashlib.sha1()
+        for d, e in pairs:
+            h.update(f"{d}\t{e}\n".encode("utf-8", "surrogatepass"))
+        out[name] = {"pairs": len(pairs), "sha1": h.hexdigest()}
+    return out
+
+
 def prepare_data(splits: dict, cfg: TrainConfig, vocab: Optional[CharVocab] = None):
     """(vocab, train src/tgt ids, valid src/tgt ids) from {'train': pairs, 'valid': pairs}."""
     train = [(d, e) for d, e in splits["train"] if 0 < len(d) <= cfg.max_chars and 0 < len(e) <= cfg.max_chars]
@@ -299,9 +312,19 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     step, epoch, pos, trained_s, chars_total, best = 0, 0, 0, 0.0, 0, math.inf
     py_rng = random.Random(cfg.seed)
+    data_fp = data_fingerprint(splits)
     if resume:
         meta = load_train_state(out, opt)
         step, epoch, pos = meta["step"], meta["epoch"], meta["pos"]
+        saved_fp = meta.get("data")  # absent in runs saved before it was recorded
+        if saved_fp is not None and saved_fp != data_fp:
+            raise CheckpointError(f"--resume: the data differ from the run's ({saved_fp.get('train', {}).get('pairs')} "
+                                  f"training pairs then, {data_fp['train']['pairs']} now, or the same count with other "
+                                  "content): resume with the run's --data-file, or start a new run")
+        saved_step = model.extra.get("steps")
+        if isinstance(saved_step, int) and saved_step != step:
+            raise CheckpointError(f"--resume: last.safetensors is at step {saved_step} but the training state at step "
+                                  f"{step} (interrupted while saving?); start a new run, or restore both from a backup")
         trained_s, chars_total, best = meta["trained_s"], meta["target_chars"], meta["best_valid_loss"]
         _set_py_rng(py_rng, meta["python_rng"], out)
     n_params = count_parameters(model)
@@ -318,6 +341,9 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
     # state), so a resumed run rebuilds exactly the same batches and skips the first `pos`.
     epoch_rng_state = py_rng.getstate()
     batches = make_batches(tr_src, tr_tgt, cfg.max_tokens, py_rng)
+    if not 0 <= pos <= len(batches):
+        raise CheckpointError(f"--resume: the training state's batch position {pos} is outside this epoch's "
+                              f"{len(batches)} batches; the state is damaged")
     # The learning rate follows a cosine from 0 trained seconds to `deadline`; a resumed run
     # continues the curve from where it stopped, stretched to its new end.
     deadline = None if minutes is None else trained_s + minutes * 60.0
@@ -340,7 +366,7 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
             save_checkpoint(model, out / "best.safetensors", extra=info)
         save_train_state(out, opt, {"step": step, "epoch": epoch, "pos": pos, "trained_s": trained_s,
                                     "target_chars": chars_total, "best_valid_loss": best,
-                                    "_py_rng": epoch_rng_state})
+                                    "_py_rng": epoch_rng_state, "data": data_fp})
         rec = {"step": step, "epoch": epoch, "trained_s": round(trained_s, 1), "target_chars": chars_total,
                "valid_loss": vloss, "train_loss": run_loss, "reason": reason,
                "samples": [list(s) for s in samples], "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
