@@ -333,7 +333,7 @@ def main() -> None:
                     help="Extra option for `qrnn-deploy serve`, e.g. --serve-option=--flush-ms=4 (repeatable).")
     ap.add_argument("--build-only", metavar="DIR", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    counts = [int(c) for c in args.clients.split(",")]
+    counts = sorted({int(c) for c in args.clients.split(",")})  # ratios are to the first row: N = 1 if given
 
     fo_pool = args.fo_pool
     if fo_pool == "auto":
@@ -431,6 +431,8 @@ def main() -> None:
           "| RSS after MB | translations per decoder call | server / client CPU (cores) "
           "| time in decoder / encoder calls |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    if counts[0] != 1:
+        print(f"(no 1-stream row: the ratios below are to N = {counts[0]}, not to 1 stream)")
     base = raw_base = pipe_base = over_base = None
     for n, st, elapsed, mem, raw_tps, server in rows:
         tps = st.tokens / elapsed

@@ -138,6 +138,6 @@ def evaluate(model: Path = typer.Argument(..., help="A checkpoint (.safetensors)
         typer.echo(f"  {ex['de']}  ->  {ex['hyp']}   (ref: {ex['ref']})")
     typer.echo(f"{s['kind']} {s['model']}, {split} split, beam {beam}, {s['sources']:,} sources decoded "
                f"in {s['decode_seconds']} s")
-    typer.echo(format_scores(s))
+    typer.echo(format_scores(s, split))
     if json_out is not None:
         Path(json_out).write_text(json.dumps(s, indent=1, ensure_ascii=False))

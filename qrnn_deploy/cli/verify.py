@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from qrnn_deploy.cli.app import app
-from qrnn_deploy.cli.options import check_at_least, check_positive, check_seed
+from qrnn_deploy.cli.options import check_at_least, check_at_most, check_positive, check_seed
 
 ENGINES = ("auto", "onnxruntime", "reference", "tensorrt")
 # Default tolerances of TensorRT engines (x max(1, |reference|)): fp32 engines run their matrix
@@ -156,6 +156,7 @@ def verify(bundle: str = typer.Argument(..., help="A bundle directory (written b
         raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     check_positive(tol, "--tol")
     check_at_least(samples, "--samples", 0)
+    check_at_most(samples, "--samples", 100_000)
     check_seed(seed)
     from qrnn_deploy.bundle import load_manifest
 

@@ -39,7 +39,7 @@ def score(hyps: Sequence[str], pairs: Sequence[tuple[str, str]]) -> dict:
     if len(hyps) != len(pairs):
         raise DataError(f"score: {len(hyps)} hypotheses for {len(pairs)} pairs; give one hypothesis per pair")
     if not pairs:
-        raise DataError("score: no pairs to score (the test split, or its sample, is empty)")
+        raise DataError("score: no pairs to score (the split, or its sample, is empty)")
 
     def block(h, p):
         if not p:
@@ -58,9 +58,9 @@ def score(hyps: Sequence[str], pairs: Sequence[tuple[str, str]]) -> dict:
     return out
 
 
-def format_scores(s: dict) -> str:
+def format_scores(s: dict, split: str = "test") -> str:
     """A few lines: model vs copy baseline, on all pairs and on the sentence subset."""
-    lines = [f"test pairs: {s['pairs']:,}",
+    lines = [f"{split} pairs: {s['pairs']:,}",
              f"  {'':12s} {'BLEU':>7s} {'chrF':>7s}",
              f"  {'model':12s} {s['bleu']:7.2f} {s['chrf']:7.2f}",
              f"  {'copy source':12s} {s['copy_bleu']:7.2f} {s['copy_chrf']:7.2f}"]

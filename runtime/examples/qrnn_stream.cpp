@@ -40,7 +40,7 @@ int run(int argc, char** argv) {
   const uint64_t seed = static_cast<uint64_t>(args.integer("--seed", 0, 0, 1L << 62));
   const long chunk = args.integer("--chunk", 0, 0, 1000000);
   qrnn::Options opt;
-  opt.threads = static_cast<int>(args.integer("--threads", 1, 1, 1024));
+  opt.threads = static_cast<int>(args.integer("--threads", 1, 1, 256));
   opt.custom_op_library = args.str("--custom-op-library", "");
 
   const std::string dir = args.positional[0];

@@ -46,7 +46,7 @@ int run(int argc, char** argv) {
   const int beam = static_cast<int>(args.integer("--beam", 1, 1, 1000));
   const std::string text = args.str("--src", "Guten Morgen, wie geht es dir heute?");
   qrnn::Options opt;
-  opt.threads = static_cast<int>(args.integer("--threads", 1, 1, 1024));
+  opt.threads = static_cast<int>(args.integer("--threads", 1, 1, 256));
   opt.backend = args.str("--backend", "onnxruntime");
   opt.custom_op_library = args.str("--custom-op-library", "");
 

@@ -71,7 +71,7 @@ int run(int argc, char** argv) {
   const double lp = args.real("--length-penalty", 1.0);
   if (batch > 1 && beam > 1) throw UsageError("--batch is for greedy decoding (--beam 1)");
   qrnn::Options opt;
-  opt.threads = static_cast<int>(args.integer("--threads", 1, 1, 1024));
+  opt.threads = static_cast<int>(args.integer("--threads", 1, 1, 256));
   opt.backend = args.str("--backend", "onnxruntime");
   opt.custom_op_library = args.str("--custom-op-library", "");
 

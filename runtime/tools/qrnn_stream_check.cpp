@@ -145,7 +145,7 @@ int run(int argc, char** argv) {
   const int64_t T = args.integer("--len", 11, 1, 100000);
   Report rep{args.real("--tol", 1e-4)};
   qrnn::Options opt;
-  opt.threads = static_cast<int>(args.integer("--threads", 1, 1, 1024));
+  opt.threads = static_cast<int>(args.integer("--threads", 1, 1, 256));
   opt.custom_op_library = args.str("--custom-op-library", "");
   const std::string dir = args.positional[0];
   const qrnn::Manifest m = qrnn::load_manifest(dir);
