@@ -255,3 +255,22 @@ def test_quickstart_with_the_shipped_model_works_without_the_dictionary(monkeypa
     assert "not scored" in text and "apt-get install trans-de-en" in text and "[5/5]" in text
     s = json.loads((tmp_path / "qs" / "quickstart.json").read_text())
     assert "scores" not in s and len(s["examples"]) == 1 and s["examples"][0]["en"]
+
+
+def test_multi_reference_scores_reach_100_for_a_perfect_system():
+    """Scored one segment per pair, a source with several translations can match only one of
+    them: a perfect system stays below 100. Per distinct source against all its references it
+    scores 100 (found by review; the per-pair figures stay as recorded)."""
+    from qrnn_deploy.data.scoring import format_scores, score
+
+    pairs = [("Haus", "house"), ("Haus", "home"), ("Die Katze schläft auf dem Sofa.", "The cat sleeps on the sofa."),
+             ("Guten Morgen, wie geht es dir heute?", "Good morning, how are you today?"),
+             ("Guten Morgen, wie geht es dir heute?", "Good morning, how are you doing today?")]
+    first = {}
+    for d, e in pairs:
+        first.setdefault(d, e)
+    perfect = [first[d] for d, _ in pairs]
+    s = score(perfect, pairs)
+    assert s["chrf"] < 100 and s["multi_ref"]["chrf"] == 100.0 and s["multi_ref"]["sources"] == 3
+    assert s["multi_ref"]["bleu"] == 100.0
+    assert "against all its references: 3 sources" in format_scores(s)
