@@ -279,3 +279,38 @@ def test_commands_in_hand_when_the_encoder_crashes_are_answered(translator, monk
 
 async def _all(job) -> list:
     return [ev async for ev in job.results()]
+
+
+def test_an_sse_client_that_stops_reading_is_cut(translator, monkeypatch):
+    """A streamed POST /v1/translate whose client kept the connection open but read nothing held
+    its slot and translation as long as it liked; it is now cut after --send-timeout. The stall
+    is injected into uvicorn's send (a real one needs more output than the socket and transport
+    buffers hold)."""
+    import importlib
+
+    for name in ("uvicorn.protocols.http.h11_impl", "uvicorn.protocols.http.httptools_impl"):
+        try:
+            cycle = importlib.import_module(name).RequestResponseCycle
+        except ImportError:
+            continue
+        real = cycle.send
+
+        async def send(self, message, real=real):
+            if message.get("type") == "http.response.body" and message.get("body", b"").startswith(b"event: token"):
+                if getattr(self, "_sent_tokens", 0) >= 1:
+                    await asyncio.sleep(3600)  # the client's buffers are full from here on
+                self._sent_tokens = getattr(self, "_sent_tokens", 0) + 1
+            return await real(self, message)
+
+        monkeypatch.setattr(cycle, "send", send)
+    cfg = ServeConfig(max_len=MAX_LEN, send_timeout=0.5)
+    with ServerThread(create_app(SlowTranslator(translator, 0.1), cfg)) as srv:  # decoding outlasts the cut
+        with httpx.Client(timeout=30) as c:
+            with c.stream("POST", srv.url("/v1/translate"), json={"text": LONG, "stream": True}) as r:
+                assert r.status_code == 200
+                assert wait_for(lambda: srv.state.metrics.errors.value(kind="send_timeout") == 1, 10)
+                assert wait_for(lambda: _freed(srv.state), 5)
+                with pytest.raises(httpx.HTTPError):  # cut: the body never completes
+                    for _ in r.iter_bytes():
+                        pass
+        assert srv.state.metrics.translations.value(outcome="done") == 0

@@ -29,7 +29,7 @@ from qrnn_deploy.serve.metrics import ServerMetrics
 from qrnn_deploy.serve.openapi import openapi_spec
 from qrnn_deploy.serve.protocol import ProtocolError, decode_options
 from qrnn_deploy.serve.state import ServerState
-from qrnn_deploy.serve.ws import RawSend, done_payload, stream_endpoint, token_payload
+from qrnn_deploy.serve.ws import RawSend, _abort, done_payload, stream_endpoint, token_payload
 
 STATIC = Path(__file__).parent / "static"
 
@@ -218,9 +218,39 @@ async def translate(request: Request) -> Response:
             finish()
 
     # The background task frees the slot even if the client left before the body started.
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-                             background=BackgroundTask(finish))
+    return _BoundedStream(request, st, events(), media_type="text/event-stream",
+                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                          background=BackgroundTask(finish))
+
+
+class _BoundedStream(StreamingResponse):
+    """An SSE response whose every send must complete within `send_timeout`: a client that keeps
+    its connection open but stops reading is cut, and its slot and translation freed (by the
+    background task), as on the WebSocket."""
+
+    def __init__(self, request: Request, st: ServerState, content, **kw):
+        super().__init__(content, **kw)
+        self._request, self._st = request, st
+
+    async def stream_response(self, send) -> None:
+        limit = self._st.cfg.send_timeout
+
+        async def bounded(message) -> None:
+            try:
+                await asyncio.wait_for(send(message), limit)
+            except asyncio.TimeoutError:
+                self._st.metrics.errors.inc(kind="send_timeout")
+                _abort(self._request)
+                raise _StalledClient() from None
+
+        try:
+            await super().stream_response(bounded)
+        except _StalledClient:
+            await self.body_iterator.aclose()
+
+
+class _StalledClient(Exception):
+    """An SSE client read nothing for send_timeout seconds; its connection was cut."""
 
 
 def create_app(model: TranslationModel, cfg: Optional[ServeConfig] = None, info: Optional[dict] = None,

@@ -49,14 +49,15 @@ class RawSend:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "websocket":
+        if scope["type"] in ("websocket", "http"):
             scope[RAW_SEND] = send
         await self.app(scope, receive, send)
 
 
-def _abort(ws: WebSocket) -> None:
-    """Drops the connection at once when the server exposes its transport (uvicorn's WebSocket
-    protocols do, as the owner of the send method); else the socket closes when the peer goes."""
+def _abort(ws) -> None:
+    """Drops the connection (of a WebSocket or an HTTP request) at once when the server exposes
+    its transport (uvicorn's protocols do, as the owner of the send method); else the socket
+    closes when the peer goes."""
     send = ws.scope.get(RAW_SEND)
     transport = getattr(getattr(send, "__self__", None), "transport", None)
     if transport is not None and hasattr(transport, "abort"):
