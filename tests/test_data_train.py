@@ -274,3 +274,18 @@ def test_multi_reference_scores_reach_100_for_a_perfect_system():
     assert s["chrf"] < 100 and s["multi_ref"]["chrf"] == 100.0 and s["multi_ref"]["sources"] == 3
     assert s["multi_ref"]["bleu"] == 100.0
     assert "against all its references: 3 sources" in format_scores(s)
+
+
+def test_a_line_beginning_with_an_empty_sub_entry_is_kept():
+    """The real dictionary has a line starting " | antiparalleles ..." (an empty first
+    sub-entry on both sides); stripping the line took the space of its first " | " and the
+    sub-entries no longer lined up, so the line was dropped as misaligned (found by review)."""
+    from qrnn_deploy.data.dictionary import ParseStats, parse_line
+
+    st = ParseStats()
+    line = " | antiparalleles Beta-Faltblatt {n} | paralleles Beta-Faltblatt {n} ::  | antiparallel beta sheet | " \
+           "parallel beta sheet\n"
+    assert parse_line(line, st) == [("antiparalleles Beta-Faltblatt", "antiparallel beta sheet"),
+                                    ("paralleles Beta-Faltblatt", "parallel beta sheet")]
+    assert st.misaligned == 0
+    assert parse_line("   \n", st) == [] and parse_line("  # comment\n", st) == []

@@ -108,8 +108,10 @@ def parse_line(line: str, stats: Optional[ParseStats] = None) -> list[tuple[str,
     """(German, English) pairs of one dictionary line, by the rules of the module docstring."""
     st = stats if stats is not None else ParseStats()
     st.lines += 1
-    line = line.strip()
-    if not line or line.startswith("#"):
+    # Only the line end goes: a line may begin with the space of its first " | " (an empty first
+    # sub-entry), and stripping it would misalign the German and English sub-entries.
+    line = line.rstrip("\r\n")
+    if not line.strip() or line.lstrip().startswith("#"):
         st.comments += 1
         return []
     parts = line.split(" :: ")
