@@ -99,6 +99,16 @@ def test_export_never_deletes_a_users_files(lm_ckpt, tmp_path, capsys):
     assert sorted(p.name for p in b.iterdir()) == ["decoder.onnx", "encoder.onnx", "manifest.json"]
 
 
+def test_export_through_a_link_replaces_the_bundle_it_points_to(lm_ckpt, tmp_path):
+    target = tmp_path / "shared" / "b"
+    export_bundle(load_checkpoint(lm_ckpt), target, fo_pool="portable", verify=False)
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    s2s = random_translator(len(VOCAB), len(VOCAB), 0)
+    export_bundle(s2s, link, fo_pool="portable", verify=False, vocab=VOCAB)
+    assert link.is_symlink() and load_manifest(link).model_type == "seq2seq" == load_manifest(target).model_type
+
+
 def test_manifest_write_is_atomic(lm_ckpt, tmp_path, monkeypatch):
     b = tmp_path / "b"
     m = export_bundle(load_checkpoint(lm_ckpt), b, fo_pool="portable", verify=False)

@@ -149,6 +149,8 @@ def _prepare_dir(out_dir) -> tuple[Path, Path]:
     failed or interrupted export leaves what was there untouched. An existing `out_dir` must be
     empty or a bundle holding nothing but its own files: export never deletes a user's files."""
     out_dir = output_dir(out_dir, "bundle directory", ExportError, create=False)
+    if out_dir.is_symlink():  # replace the bundle where the link points, and keep the link
+        out_dir = out_dir.resolve()
     if out_dir.exists():
         try:
             present = {p.name for p in out_dir.iterdir()}
