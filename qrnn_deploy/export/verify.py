@@ -268,20 +268,27 @@ def verify_graphs(model, paths: dict, specs: dict, variant: str, tol: float = DE
     Raises VerificationError on a mismatch, BuildError when no engine can run the graphs."""
     runs, engine_name = make_runners({r: Path(p) for r, p in paths.items()}, variant, engine)
     errs = _Errors(tol, stream_tol)
+    _run_checks(model.model_type, model, model.config, specs, runs, errs, seed)
+    return {"engine": engine_name, "tolerance": tol, "stream_tolerance": errs.stream_tol, "max_abs_error": errs.vs_torch,
+            "max_chunked_vs_whole": errs.chunked, "cases": errs.cases}
+
+
+def _run_checks(model_type: str, model, cfg, specs: dict, runs: dict, errs: _Errors, seed: int) -> None:
+    """Every check of `model_type`'s graphs (against `model` when given: in eval mode, restored
+    after). The inputs are tiny: one thread avoids thread hand-offs that cost more than the work
+    (and fights with nothing else on a shared machine)."""
     rng = np.random.default_rng(seed)
-    was_training, threads = model.training, torch.get_num_threads()
-    model.eval()
-    # The verification inputs are tiny: one thread avoids thread hand-offs that cost more than
-    # the work (and fights with nothing else on a shared machine).
+    was_training, threads = (model.training if model is not None else False), torch.get_num_threads()
+    if model is not None:
+        model.eval()
     torch.set_num_threads(1)
     try:
         with torch.no_grad():
-            _verify_model_type(model.model_type, model, model.config, specs, runs, errs, rng)
+            _verify_model_type(model_type, model, cfg, specs, runs, errs, rng)
     finally:
-        model.train(was_training)
+        if model is not None:
+            model.train(was_training)
         torch.set_num_threads(threads)
-    return {"engine": engine_name, "tolerance": tol, "stream_tolerance": errs.stream_tol, "max_abs_error": errs.vs_torch,
-            "max_chunked_vs_whole": errs.chunked, "cases": errs.cases}
 
 
 def _verify_model_type(model_type: str, model, cfg, specs: dict, runs: dict, errs: _Errors,
@@ -346,11 +353,9 @@ def verify_bundle(bundle_dir, model=None, tol: Optional[float] = None, seed: int
     from qrnn_deploy.bundle import load_manifest
     from qrnn_deploy.export.exporter import QUANTIZED_TOL
 
-    if tol is not None and not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol > 0):
-        raise ConfigError(f"tol must be a number > 0, got {tol!r}")
-    if stream_tol is not None and not (isinstance(stream_tol, (int, float)) and not isinstance(stream_tol, bool)
-                                       and stream_tol > 0):
-        raise ConfigError(f"stream_tol must be a number > 0, got {stream_tol!r}")
+    for name, v in (("tol", tol), ("stream_tol", stream_tol)):
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0):
+            raise ConfigError(f"{name} must be a number > 0, got {v!r}")
     if runners is None and engine not in ("auto", "onnxruntime", "reference"):
         raise ConfigError(f"engine must be 'auto', 'onnxruntime' or 'reference', got {engine!r}")
     manifest = load_manifest(bundle_dir)
@@ -373,7 +378,6 @@ def verify_bundle(bundle_dir, model=None, tol: Optional[float] = None, seed: int
             raise VerificationError(str(e).replace("the exported graphs", "the bundle's graphs")) from None
     errs = _Errors(tol if tol is not None else (QUANTIZED_TOL if quantized else DEFAULT_TOL),
                    DEFAULT_TOL if stream_tol is None else stream_tol)
-    rng = np.random.default_rng(seed)
     cfg = model.config if model is not None else SimpleNamespace(**manifest.config)
     try:
         cfg_sizes = [getattr(cfg, k) for k in (("src_vocab_size", "tgt_vocab_size", "num_layers")
@@ -382,17 +386,7 @@ def verify_bundle(bundle_dir, model=None, tol: Optional[float] = None, seed: int
         raise VerificationError(f"{root}: the manifest's config lacks {e.name!r}") from None
     if not all(isinstance(v, int) and v > 0 for v in cfg_sizes):
         raise VerificationError(f"{root}: the manifest's config has sizes that are not positive integers")
-    was_training, threads = (model.training if model is not None else False), torch.get_num_threads()
-    if model is not None:
-        model.eval()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            _verify_model_type(manifest.model_type, model, cfg, manifest.graphs, runs, errs, rng)
-    finally:
-        if model is not None:
-            model.train(was_training)
-        torch.set_num_threads(threads)
+    _run_checks(manifest.model_type, model, cfg, manifest.graphs, runs, errs, seed)
     return {"engine": engine_name, "tolerance": errs.tol, "stream_tolerance": errs.stream_tol,
             "max_abs_error": errs.vs_torch if model is not None else None,
             "max_chunked_vs_whole": errs.chunked, "cases": errs.cases, "compared_with_model": model is not None}
