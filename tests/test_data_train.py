@@ -289,3 +289,53 @@ def test_a_line_beginning_with_an_empty_sub_entry_is_kept():
                                     ("paralleles Beta-Faltblatt", "parallel beta sheet")]
     assert st.misaligned == 0
     assert parse_line("   \n", st) == [] and parse_line("  # comment\n", st) == []
+
+
+def _germans_in(split, n, prefix):
+    """`n` German strings (prefix + number) that the stable hash puts in `split`."""
+    out, i = [], 0
+    while len(out) < n:
+        w = f"{prefix}{i}"
+        if split_of(w) == split:
+            out.append(w)
+        i += 1
+    return out
+
+
+def test_unseen_sources_exclude_line_siblings_and_near_duplicates(tmp_path):
+    """A test source whose dictionary line put another form in training, or that equals a
+    training string up to case / ß / punctuation, is not unseen; a test source alone on its
+    line, or whose siblings are in test or valid only, is."""
+    from qrnn_deploy.data.scoring import format_scores, score
+
+    te = _germans_in("test", 4, "Testwort")
+    tr = _germans_in("train", 2, "Lernwort")
+    va = _germans_in("valid", 1, "Pruefwort")
+    # A near-duplicate of a training string: upper case (ß -> SS), no hyphen.
+    near_train = next(w for w in (f"Stra-ße{i}" for i in range(10000))
+                      if split_of(w) == "train" and split_of(w.upper().replace("-", "")) == "test")
+    near_test = near_train.upper().replace("-", "")
+    lines = [f"{te[0]} {{f}} :: word zero",                                # alone: unseen
+             f"{te[1]} {{m}} | {tr[0]} {{pl}} :: word one | words one",    # sibling in train
+             f"{te[2]}; {va[0]} :: word two; word two b",                  # sibling in valid only
+             f"{tr[1]} | {te[3]} :: other | word three",                 # sibling in train
+             f"{near_train} :: street",
+             f"{near_test} :: STREET"]
+    path = tmp_path / "de-en"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    splits = dic.load_splits(path)
+    line_sources = dic.load_line_sources(path)
+    assert len(line_sources) == len(lines)
+    unseen = dic.unseen_sources(splits, line_sources)
+    assert unseen == {te[0], te[2]}
+    assert dic.unseen_sources(splits, line_sources, "valid") == {va[0]}
+
+    test_pairs = splits["test"]
+    hyps = [e for _, e in test_pairs]  # perfect translations
+    s = score(hyps, test_pairs, unseen=unseen)
+    assert s["unseen"]["pairs"] == 2 and s["unseen"]["multi_ref"]["sources"] == 2
+    assert s["unseen"]["chrf"] == 100.0
+    assert "unseen lines (no form of the headword in training): 2 pairs, 2 sources" in format_scores(s)
+    s = score(hyps, test_pairs, unseen=set())
+    assert s["unseen"] is None and "none among these pairs" in format_scores(s)
+    assert "unseen" not in score(hyps, test_pairs)

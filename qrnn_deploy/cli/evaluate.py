@@ -90,11 +90,12 @@ def evaluate_model(path: Path, limit: Optional[int] = None, beam: int = 1, data_
     """Scores of the model at `path` on `limit` pairs (stable sample) of the split."""
     import time
 
-    from qrnn_deploy.data.dictionary import load_splits
+    from qrnn_deploy.data.dictionary import load_line_sources, load_splits, unseen_sources
     from qrnn_deploy.data.scoring import sample_pairs, score
     from qrnn_deploy.errors import DataError
 
-    pairs = sample_pairs(load_splits(data_file)[split], limit)
+    splits = load_splits(data_file)
+    pairs = sample_pairs(splits[split], limit)
     if not pairs:
         raise DataError(f"the {split} split is empty (data file too small?)")
     kind, fn, desc = load_translator(path, threads)
@@ -103,7 +104,7 @@ def evaluate_model(path: Path, limit: Optional[int] = None, beam: int = 1, data_
     hyp_of = dict(zip(sources, fn(sources, beam)))
     dt = time.perf_counter() - t0
     hyps = [hyp_of[d] for d, _ in pairs]
-    s = score(hyps, pairs)
+    s = score(hyps, pairs, unseen=unseen_sources(splits, load_line_sources(data_file), split))
     s.update({"model": desc, "kind": kind, "split": split, "beam": beam, "sources": len(sources),
               "decode_seconds": round(dt, 1),
               "examples": [{"de": d, "ref": e, "hyp": h} for (d, e), h in list(zip(pairs, hyps))[:show]]})

@@ -73,7 +73,7 @@ def quickstart(out: str = typer.Option("qrnn-quickstart", "--out", help="Directo
 
     import torch
 
-    from qrnn_deploy.data.dictionary import dictionary_path, load_splits
+    from qrnn_deploy.data.dictionary import dictionary_path, load_line_sources, load_splits, unseen_sources
     from qrnn_deploy.data.scoring import format_scores, sample_pairs, score
     from qrnn_deploy.errors import BuildError, ConfigError, DataError
     from qrnn_deploy.export import export_bundle
@@ -168,7 +168,8 @@ def quickstart(out: str = typer.Option("qrnn-quickstart", "--out", help="Directo
              f"`qrnn-deploy evaluate {bundle_dir}`)")
         t0 = time.perf_counter()
         hyp_of = dict(zip(sources, translate_with_bundle(translator, sources)))
-        s = score([hyp_of[d] for d, _ in pairs], pairs)
+        unseen = unseen_sources(splits, load_line_sources(data_file))
+        s = score([hyp_of[d] for d, _ in pairs], pairs, unseen=unseen)
         echo("      " + format_scores(s).replace("\n", "\n      "))
         echo(f"      ({time.perf_counter() - t0:.0f} s)")
         summary["scores"] = s

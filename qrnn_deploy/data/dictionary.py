@@ -193,6 +193,59 @@ def load_pairs(path=None, stats: Optional[ParseStats] = None) -> list[tuple[str,
     return pairs
 
 
+_LINES_CACHE: dict = {}
+
+
+def load_line_sources(path=None) -> list[tuple[str, ...]]:
+    """The German strings of each dictionary line that gave pairs (sorted), in file order.
+
+    The sub-entries of one line are forms of one headword (singular | plural, `;` synonyms,
+    spelling variants); `unseen_sources` uses them to find test sources none of whose line
+    siblings were trained on.
+    """
+    p = dictionary_path(path)
+    key = (str(p), p.stat().st_mtime_ns, p.stat().st_size)
+    if key not in _LINES_CACHE:
+        out = []
+        with open(p, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                germans = tuple(sorted({d for d, _ in parse_line(line)}))
+                if germans:
+                    out.append(germans)
+        _LINES_CACHE.clear()
+        _LINES_CACHE[key] = out
+    return _LINES_CACHE[key]
+
+
+_NON_WORD = re.compile(r"[\W_]+")
+
+
+def normalize_source(german: str) -> str:
+    """`german` folded for near-duplicate matching: case, ß -> ss, no punctuation, hyphens, spaces."""
+    return _NON_WORD.sub("", german.casefold().replace("ß", "ss"))
+
+
+def unseen_sources(splits: dict[str, list[tuple[str, str]]], line_sources: Iterable[tuple[str, ...]],
+                   split: str = "test") -> set[str]:
+    """German sources of `split` whose dictionary lines gave nothing to the training split.
+
+    The split is by German string, so the other sub-entries of a test source's line (its plural,
+    a synonym, another spelling) usually land in training (docs/data.md). A source is *unseen*
+    when no line it appears on has a German string in training, and no training string equals it
+    up to `normalize_source`. Scores on these sources measure translation of headwords the model
+    has met in no form.
+    """
+    train = {d for d, _ in splits.get("train", ())}
+    train_norm = {normalize_source(d) for d in train}
+    wanted = {d for d, _ in splits.get(split, ())}
+    seen_lines: set[str] = set()
+    for germans in line_sources:
+        hit = [d for d in germans if d in wanted]
+        if hit and any(d in train for d in germans):
+            seen_lines.update(hit)
+    return {d for d in wanted if d not in seen_lines and normalize_source(d) not in train_norm}
+
+
 def split_of(german: str, seed: str = SPLIT_SEED) -> str:
     """'train', 'valid' or 'test' for a German source string: a stable hash, same on every run."""
     h = int.from_bytes(hashlib.sha1((seed + "\0" + german).encode("utf-8")).digest()[:8], "big")

@@ -8,7 +8,7 @@ translator must clear.
 from __future__ import annotations
 
 import hashlib
-from typing import Optional, Sequence
+from typing import Collection, Optional, Sequence
 
 from qrnn_deploy.data.dictionary import is_sentence
 from qrnn_deploy.errors import DataError
@@ -27,7 +27,7 @@ def sample_pairs(pairs: Sequence[tuple[str, str]], limit: Optional[int]) -> list
     return [pairs[i] for i in keep]
 
 
-def score(hyps: Sequence[str], pairs: Sequence[tuple[str, str]]) -> dict:
+def score(hyps: Sequence[str], pairs: Sequence[tuple[str, str]], unseen: Optional[Collection[str]] = None) -> dict:
     """BLEU and chrF of `hyps` against the English side of `pairs`, and of the copy baseline.
 
     One segment per pair (a German source with several English translations appears once per
@@ -37,7 +37,9 @@ def score(hyps: Sequence[str], pairs: Sequence[tuple[str, str]]) -> dict:
     references (sacrebleu's multi-reference mode), where a perfect system scores 100.
     Returns {"pairs", "bleu", "chrf", "copy_bleu", "copy_chrf", "sentences": {same keys on the
     full-sentence subset, or None}, "multi_ref": {"sources", "bleu", "chrf", "copy_bleu",
-    "copy_chrf"}}.
+    "copy_chrf"}}; with `unseen` (German sources, see `dictionary.unseen_sources`) also "unseen":
+    the per-pair block and its "multi_ref" on the pairs whose source is in `unseen` (None when
+    none is).
     """
     import sacrebleu
 
@@ -61,6 +63,12 @@ def score(hyps: Sequence[str], pairs: Sequence[tuple[str, str]]) -> dict:
     sent = [i for i, (d, _) in enumerate(pairs) if is_sentence(d)]
     out["sentences"] = block([hyps[i] for i in sent], [pairs[i] for i in sent])
     out["multi_ref"] = _multi_ref(hyps, pairs)
+    if unseen is not None:
+        keep = [i for i, (d, _) in enumerate(pairs) if d in unseen]
+        h, p = [hyps[i] for i in keep], [pairs[i] for i in keep]
+        out["unseen"] = block(h, p)
+        if out["unseen"] is not None:
+            out["unseen"]["multi_ref"] = _multi_ref(h, p)
     return out
 
 
@@ -99,4 +107,15 @@ def format_scores(s: dict, split: str = "test") -> str:
         lines += [f"per distinct source, against all its references: {m['sources']:,} sources",
                   f"  {'model':12s} {m['bleu']:7.2f} {m['chrf']:7.2f}",
                   f"  {'copy source':12s} {m['copy_bleu']:7.2f} {m['copy_chrf']:7.2f}"]
+    u = s.get("unseen")
+    if u:
+        um = u["multi_ref"]
+        lines += [f"unseen lines (no form of the headword in training): {u['pairs']:,} pairs, "
+                  f"{um['sources']:,} sources",
+                  f"  {'':12s} {'BLEU':>7s} {'chrF':>7s} {'multi-ref BLEU':>15s} {'chrF':>7s}",
+                  f"  {'model':12s} {u['bleu']:7.2f} {u['chrf']:7.2f} {um['bleu']:15.2f} {um['chrf']:7.2f}",
+                  f"  {'copy source':12s} {u['copy_bleu']:7.2f} {u['copy_chrf']:7.2f} "
+                  f"{um['copy_bleu']:15.2f} {um['copy_chrf']:7.2f}"]
+    elif "unseen" in s:
+        lines.append("unseen lines (no form of the headword in training): none among these pairs")
     return "\n".join(lines)
