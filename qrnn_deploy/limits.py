@@ -13,3 +13,8 @@ MAX_DECODE_LEN = 1_000_000
 # Beam length penalty accepted from users (CLI, HTTP and WebSocket requests); the library takes
 # any finite value.
 LENGTH_PENALTY_RANGE = (0.0, 10.0)
+
+# Longest source of one translation, by default (`serve --max-source-chars`, `translate
+# --max-source-chars`): the shipped model trained on sources of at most 150 characters, and the
+# encoder's memory grows with the source (a 10-MB stdin line would take gigabytes).
+DEFAULT_MAX_SOURCE_CHARS = 2000

@@ -253,3 +253,35 @@ def test_resume_checks_the_data_and_the_state(tiny_dict, tmp_path, capsys):  # n
     code, _, err = cli(capsys, "train", "--steps", "3", "--out", run, "--data-file", tiny_dict, "--resume",
                        "--no-progress")
     assert code == 0, err
+
+
+def test_translate_refuses_a_source_over_max_source_chars(tmp_path, capsys, monkeypatch):
+    """`serve` caps a source's length; `translate` took any line (a 10-MB line would encode for
+    minutes and take gigabytes). Lines before the long one are translated, then one error line."""
+    import io
+
+    vocab = CharVocab.build(["abcdefghijklmnop "])
+    export_bundle(random_translator(len(vocab), len(vocab), 0), tmp_path / "b", fo_pool="portable", verify=False,
+                  vocab=vocab)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("abc\n" + "a" * 31 + "\nabc\n"))
+    code, out, err = cli(capsys, "translate", tmp_path / "b", "--max-len", "5", "--max-source-chars", "30")
+    assert code == 2 and err == ("error: stdin line 2 has 31 characters, more than --max-source-chars 30; "
+                                 "split it into sentences\n"), err
+    assert out.count("\n") == 1
+    one_line_error(capsys, "translate", tmp_path / "b", "a" * 2001, needle="TEXT has 2,001 characters")
+    one_line_error(capsys, "translate", tmp_path / "b", "abc", "--max-source-chars", "0",
+                   needle="--max-source-chars must be >= 1")
+    code, out, _ = cli(capsys, "translate", tmp_path / "b", "a" * 30, "--max-len", "5", "--max-source-chars", "30")
+    assert code == 0 and out.endswith("\n")
+
+
+def test_ctrl_c_says_interrupted(tmp_path, capsys, monkeypatch):
+    """typer turns Ctrl-C into a silent exit 130; the command line says `interrupted`."""
+    import qrnn_deploy.runtime as runtime
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runtime, "load_bundle", interrupt)
+    code, out, err = cli(capsys, "translate", tmp_path, "abc")
+    assert code == 130 and err == "interrupted\n" and out == ""

@@ -97,3 +97,41 @@ def test_c_last_has_the_gates_dtype_even_without_steps():
         assert c_last.dtype == torch.float64 and h.shape == (T, 2, 3)
         if T == 0:
             torch.testing.assert_close(c_last, c0.double())
+
+
+def test_bidirectional_classifier_reads_backward_channels_where_they_saw_the_whole_row():
+    """The backward half of a bidirectional stack has seen only the last token at the last step;
+    its summary of the row is at step 0 (found by review: two rows with the same last token gave
+    the same backward features)."""
+    torch.manual_seed(0)
+    a = torch.tensor([[5, 6, 7, 8, 9]])
+    b = torch.tensor([[15, 16, 17, 18, 9]])
+    for dense in (False, True):
+        for layers in (1, 2):
+            clf = QRNNClassifier(20, 4, 3, layers, 2, window=1, dense=dense, bidirectional=True).eval()
+            bwd = clf._backward_channels
+            assert int(bwd.sum()) == (3 * layers if dense else 3)
+            y, _ = clf.qrnn(clf.embed(a))
+            assert torch.allclose(clf(a)[0], clf.out(torch.where(bwd, y[:, 0], y[:, -1])), atol=1e-6)
+            ya, _ = clf.qrnn(clf.embed(a))
+            yb, _ = clf.qrnn(clf.embed(b))
+            if layers == 1:  # what the old features read: blind to all but the last token
+                assert torch.equal(ya[0, -1][bwd], yb[0, -1][bwd])
+            assert not torch.allclose(ya[0, 0][bwd], yb[0, 0][bwd])
+            assert not torch.allclose(clf(a)[0], clf(b)[0])
+
+
+def test_dense_stack_output_is_dropped_once():
+    """Dense + dropout: each layer's output feeds later layers dropped, and the stack returns it
+    undropped, so a head's dropout is its only one (it was dropped twice: rate 1 - 0.7**2)."""
+    torch.manual_seed(0)
+    q = QRNN(6, 8, 3, window=2, dropout=0.5, dense=True).train()
+    x = torch.randn(4, 7, 6)
+    y, _ = q(x)
+    y1, _ = q.layers[0](x)  # layer 0 reads x undropped; no zoneout, so it is deterministic
+    assert torch.equal(y[..., :6], x)
+    assert torch.allclose(y[..., 6:14], y1)
+    # The later layers still read dropped inputs: training output differs from eval output.
+    q.eval()
+    ye, _ = q(x)
+    assert torch.allclose(ye[..., 6:14], y1) and not torch.allclose(ye[..., 14:], y[..., 14:])

@@ -30,6 +30,8 @@ def main(argv=None):
         except SystemExit as e:
             if not e.code:
                 sys.stdout.flush()  # a full disk behind stdout shows here, not at interpreter exit
+            elif _interrupted(e):  # typer turns Ctrl-C into a silent exit 130
+                print("interrupted", file=sys.stderr)
             raise
     except QRNNError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -44,6 +46,16 @@ def main(argv=None):
         where = f" ({e.filename})" if e.filename else ""
         print(f"error: {e.strerror or e}{where}", file=sys.stderr)
         sys.exit(2)
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the causes of `exc`."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def _silence_stdout() -> None:

@@ -6,6 +6,7 @@ import typer
 
 from qrnn_deploy.cli.app import app
 from qrnn_deploy.cli.options import LOG_LEVELS, check_threads, threads_option
+from qrnn_deploy.limits import DEFAULT_MAX_SOURCE_CHARS
 
 
 @app.command()
@@ -28,7 +29,7 @@ def serve(bundle: str = typer.Argument(..., help="Seq2seq bundle directory (writ
                                                help="Beam: score / (len + 1) ** this (0..10)."),
           max_message_bytes: int = typer.Option(65536, "--max-message-bytes", min=64,
                                                 help="Largest client message or HTTP body."),
-          max_source_chars: int = typer.Option(2000, "--max-source-chars", min=1,
+          max_source_chars: int = typer.Option(DEFAULT_MAX_SOURCE_CHARS, "--max-source-chars", min=1,
                                                help="Longest source sentence."),
           idle_timeout: float = typer.Option(60.0, "--idle-timeout", help="Seconds a silent WebSocket stays open."),
           send_timeout: float = typer.Option(30.0, "--send-timeout",

@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 
 from qrnn_deploy.cli.app import app
-from qrnn_deploy.cli.options import check_length_penalty, check_threads, threads_option
+from qrnn_deploy.cli.options import check_at_least, check_length_penalty, check_threads, threads_option
+from qrnn_deploy.limits import DEFAULT_MAX_SOURCE_CHARS
 
 
 @app.command()
@@ -19,6 +20,9 @@ def translate(bundle: str = typer.Argument(..., help="Bundle directory (written 
               max_len: int = typer.Option(200, "--max-len", min=1, help="Most target symbols per sentence."),
               length_penalty: float = typer.Option(1.0, "--length-penalty",
                                                    help="Beam: scores are divided by (len + 1) ** this (0..10)."),
+              max_source_chars: int = typer.Option(DEFAULT_MAX_SOURCE_CHARS, "--max-source-chars",
+                                                   help="Longest source accepted, in characters; a "
+                                                   "longer one stops with an error."),
               threads: Optional[int] = threads_option(None, "onnxruntime intra-op threads."),
               backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime or tensorrt.")):
     """Translate TEXT (or each line of stdin) with a seq2seq bundle, printing tokens as they come."""
@@ -28,6 +32,7 @@ def translate(bundle: str = typer.Argument(..., help="Bundle directory (written 
 
     check_threads(threads)
     check_length_penalty(length_penalty)
+    check_at_least(max_source_chars, "--max-source-chars", 1)
     translator = load_bundle(bundle, backend=backend, threads=threads).translator()
     out = sys.stdout
 
@@ -39,6 +44,11 @@ def translate(bundle: str = typer.Argument(..., help="Bundle directory (written 
 
             raise DataError(f"{where} is not valid UTF-8 (an undecodable byte at character {e.start}); "
                             "give UTF-8 text") from None
+        if len(source) > max_source_chars:
+            from qrnn_deploy.errors import DataError
+
+            raise DataError(f"{where} has {len(source):,} characters, more than --max-source-chars "
+                            f"{max_source_chars}; split it into sentences")
         if source:  # an empty line has no source to attend to: it translates to an empty line
             ts = translator.stream()
             ts.feed(source)

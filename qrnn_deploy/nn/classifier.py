@@ -32,7 +32,9 @@ class QRNNClassifier(nn.Module):
 
     With `lengths` [B] the last step of each padded sequence is its own (the QRNN is causal, so
     right padding never changes earlier outputs). Streaming gives a running prediction: the
-    logits after each chunk are those of the prefix seen so far.
+    logits after each chunk are those of the prefix seen so far. A bidirectional stack's
+    backward channels are read at step 0 instead, where its reverse layers have seen the whole
+    row (at the last step they have seen only the last token).
     """
 
     model_type = "classifier"
@@ -52,6 +54,13 @@ class QRNNClassifier(nn.Module):
                          cfg.zoneout, cfg.dropout, cfg.dense, cfg.bidirectional)
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.out = nn.Linear(self.qrnn.output_size, cfg.num_classes)
+        if cfg.bidirectional:  # which stack output channels are backward ones: [x?, (fwd, bwd) per layer]
+            h, d = cfg.hidden_size, self.qrnn.output_size
+            backward = torch.zeros(d, dtype=torch.bool)
+            ends = [d] if not cfg.dense else [cfg.embed_size + 2 * h * (l + 1) for l in range(cfg.num_layers)]
+            for end in ends:
+                backward[end - h:end] = True
+            self.register_buffer("_backward_channels", backward, persistent=False)
 
     @classmethod
     def from_config(cls, cfg: ClassifierConfig) -> "QRNNClassifier":
@@ -74,4 +83,6 @@ class QRNNClassifier(nn.Module):
             last = y[:, -1]
         else:
             last = y[torch.arange(y.shape[0], device=y.device), lengths.to(y.device) - 1]
+        if self.config.bidirectional:
+            last = torch.where(self._backward_channels, y[:, 0], last)
         return self.out(self.drop(last)), state

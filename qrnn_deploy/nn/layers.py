@@ -94,8 +94,10 @@ class QRNNLayer(nn.Module):
     """One QRNN layer: causal convolution of width `window` + fo/f/ifo pooling.
 
     The convolution weight is one linear map of the window [x_{t-k+1}; ...; x_t] (oldest first):
-    `self.conv` is nn.Linear(window * input_size, P * hidden_size). A `reverse` layer reads the
-    window [x_t; ...; x_{t+k-1}] and pools from the end; it cannot stream.
+    `self.conv` is nn.Linear(window * input_size, P * hidden_size). A `reverse` layer is the
+    forward layer run on the time-reversed sequence: it reads the window
+    [x_{t+k-1}; ...; x_t] (farthest first, the same weight layout) and pools from the end; it
+    cannot stream.
     """
 
     def __init__(self, input_size: int, hidden_size: int, window: int = 1, pooling: str = "fo",
@@ -259,9 +261,13 @@ class QRNN(nn.Module):
     """A stack of QRNN layers (batch-first), optionally densely connected and/or bidirectional.
 
     dense=True is the paper's densely connected variant: every layer's input is concatenated to
-    its output before the next layer, so the stack's output is [x, y_1, ..., y_L] along features
-    (`output_size` says how wide). bidirectional=True runs a reverse layer beside each forward
-    layer and concatenates them; such a stack cannot stream (no carried state).
+    its output before the next layer. The paper then uses the last layer's output alone as the
+    encoder result; this stack returns the whole concatenation [x, y_1, ..., y_L] along features
+    (`output_size` says how wide), of which y_L is the last `hidden_size` (bidirectional: 2 x)
+    channels. Dropout acts between layers: a layer's output is dropped where it feeds later
+    layers, and returned undropped, so a head that drops the stack output drops each part once.
+    bidirectional=True runs a reverse layer beside each forward layer and concatenates them
+    ([forward, backward] per layer); such a stack cannot stream (no carried state).
     `forward(x, state=None, cond=None)` returns (y, state) with one QRNNState per layer
     (bidirectional: per layer a pair (forward, backward)).
     """
@@ -312,13 +318,18 @@ class QRNN(nn.Module):
         cond = cond if cond is not None else [None] * self.num_layers
         new_state = []
         inp = x
+        # Dense and dropping: the returned concatenation keeps the undropped outputs (the next
+        # layers' input holds dropped ones), so a head's own dropout is the only one they get.
+        parts = [x] if self.dense and self.dropout is not None and self.training else None
         for l, layer in enumerate(self.layers):
             y, s = layer(inp, None if state is None else state[l], cond[l])
             if self.bidirectional:
                 yb, sb = self.reverse_layers[l](inp, None, cond[l], lengths)
                 y, s = torch.cat([y, yb], -1), (s, sb)
             new_state.append(s)
+            if parts is not None:
+                parts.append(y)
             if self.dropout is not None and l < self.num_layers - 1:
                 y = self.dropout(y)
             inp = torch.cat([inp, y], -1) if self.dense else y
-        return inp, new_state
+        return (torch.cat(parts, -1) if parts is not None else inp), new_state

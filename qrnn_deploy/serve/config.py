@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-from qrnn_deploy.limits import LENGTH_PENALTY_RANGE, MAX_BEAM, MAX_DECODE_LEN
+from qrnn_deploy.limits import DEFAULT_MAX_SOURCE_CHARS, LENGTH_PENALTY_RANGE, MAX_BEAM, MAX_DECODE_LEN
 from qrnn_deploy.errors import ConfigError
 
 
@@ -52,7 +52,7 @@ class ServeConfig:
     length_penalty: float = 1.0
     max_streams: int = 256
     max_message_bytes: int = 65536
-    max_source_chars: int = 2000
+    max_source_chars: int = DEFAULT_MAX_SOURCE_CHARS
     idle_timeout: float = 60.0
     send_timeout: float = 30.0
     max_queued_sentences: int = 4
