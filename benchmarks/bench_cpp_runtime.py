@@ -35,6 +35,7 @@ from qrnn_deploy.export import export_bundle
 from qrnn_deploy.nn import QRNNSeq2Seq
 from qrnn_deploy.runtime import load_bundle
 from qrnn_deploy.vocab import BOS, EOS, CharVocab
+import _args  # noqa: E402  (benchmarks/_args.py: argument checks shared by these scripts)
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = "Guten Morgen, wie geht es dir heute? Das Wetter ist schoen."
@@ -84,9 +85,9 @@ def cpp_figures(prog: Path, bundle: Path, threads: int, beam: int, tokens: int, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--tokens", type=int, default=500)
-    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--threads", type=_args.threads, nargs="+", default=[1, 2])
+    ap.add_argument("--tokens", type=_args.count, default=500)
+    ap.add_argument("--warmup", type=_args.count0, default=20)
     ap.add_argument("--fo-pool", choices=["custom", "portable"], default="custom")
     ap.add_argument("--build", type=Path, default=REPO / "runtime" / "build")
     args = ap.parse_args()
@@ -116,4 +117,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _args.run(main)

@@ -21,6 +21,7 @@ import torch
 from qrnn_deploy.export import export_bundle
 from qrnn_deploy.export.verify import ort_runner
 from qrnn_deploy.nn import QRNNLanguageModel, QRNNSeq2Seq
+import _args  # noqa: E402  (benchmarks/_args.py: argument checks shared by these scripts)
 
 
 def timeit(fn, repeat):
@@ -56,13 +57,13 @@ def pool_graph(variant, pooling, H):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--embed", type=int, default=128)
-    ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--vocab", type=int, default=96)
+    ap.add_argument("--hidden", type=_args.count, default=256)
+    ap.add_argument("--embed", type=_args.count, default=128)
+    ap.add_argument("--layers", type=_args.count, default=2)
+    ap.add_argument("--vocab", type=_args.count, default=96)
     ap.add_argument("--pooling", default="fo")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeat", type=int, default=30)
+    ap.add_argument("--threads", type=_args.threads, default=1)
+    ap.add_argument("--repeat", type=_args.count, default=30)
     a = ap.parse_args()
     torch.manual_seed(0)
     lm = QRNNLanguageModel(a.vocab, a.embed, a.hidden, a.layers, window=[2] + [1] * (a.layers - 1),
@@ -114,4 +115,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    _args.run(main)

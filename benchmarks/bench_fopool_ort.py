@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import _args  # noqa: E402  (benchmarks/_args.py: argument checks shared by these scripts)
 
 
 def best_of(fn, repeats: int) -> tuple[float, float]:
@@ -51,11 +52,11 @@ def fopool_model(T: int, B: int, H: int) -> bytes:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--T", type=int, default=512)
-    ap.add_argument("--B", type=int, default=64)
-    ap.add_argument("--H", type=int, default=1024)
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--T", type=_args.count, default=512)
+    ap.add_argument("--B", type=_args.count, default=64)
+    ap.add_argument("--H", type=_args.count, default=1024)
+    ap.add_argument("--threads", type=_args.threads, nargs="+", default=[1, 2])
+    ap.add_argument("--repeats", type=_args.count, default=5)
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch op rows")
     args = ap.parse_args()
 
@@ -97,7 +98,12 @@ def main() -> None:
         g = torch.from_numpy(gates)
         before = torch.get_num_threads()
         native_fwd = _cpu_kernels.forward
-        for label, use_native in (("native kernel", True), ("PyTorch path", False)):
+        paths = [("PyTorch path", False)]
+        if _cpu_kernels.available():
+            paths.insert(0, ("native kernel", True))
+        else:
+            print(f"torch.ops.qrnn.fo_pool: no native kernel rows ({_cpu_kernels.unavailable_reason()})")
+        for label, use_native in paths:
             _cpu_kernels.forward = native_fwd if use_native else (lambda *a, **k: None)
             for n in args.threads:
                 torch.set_num_threads(n)
@@ -114,4 +120,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _args.run(main)

@@ -17,6 +17,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import _args  # noqa: E402  (benchmarks/_args.py: argument checks shared by these scripts)
 
 
 def best_of(fn, repeats: int) -> float:
@@ -31,19 +32,19 @@ def best_of(fn, repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--T", type=int, default=128)
-    ap.add_argument("--B", type=int, default=64)
-    ap.add_argument("--H", type=int, default=512)
-    ap.add_argument("--input", type=int, default=512)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--T", type=_args.count, default=128)
+    ap.add_argument("--B", type=_args.count, default=64)
+    ap.add_argument("--H", type=_args.count, default=512)
+    ap.add_argument("--input", type=_args.count, default=512)
+    ap.add_argument("--threads", type=_args.threads, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--repeats", type=_args.count, default=5)
     args = ap.parse_args()
 
     import torch
 
     from qrnn_deploy.nn import QRNNLayer, _cpu_kernels, fo_pool
 
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     T, B, H = args.T, args.B, args.H
@@ -84,4 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _args.run(main)

@@ -30,6 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_serve import SENTENCES, split_pieces  # noqa: E402
+import _args  # noqa: E402  (benchmarks/_args.py: argument checks shared by these scripts)
 
 
 def export_pair(tmp: Path, block_size: int) -> dict:
@@ -125,10 +126,10 @@ def pipeline_rate(tr, n: int, seconds: float, seed: int = 0) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--seconds", type=float, default=3.0, help="per throughput measurement")
-    ap.add_argument("--limit", type=int, default=1000, help="test pairs for the quality rows (0: skip)")
-    ap.add_argument("--block-size", type=int, default=128)
+    ap.add_argument("--rounds", type=_args.count, default=5)
+    ap.add_argument("--seconds", type=_args.seconds, default=3.0, help="per throughput measurement")
+    ap.add_argument("--limit", type=_args.count0, default=1000, help="test pairs for the quality rows (0: skip)")
+    ap.add_argument("--block-size", type=_args.count, default=128)
     args = ap.parse_args()
 
     from qrnn_deploy.runtime import load_bundle
@@ -179,4 +180,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _args.run(main)

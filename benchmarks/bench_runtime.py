@@ -28,6 +28,7 @@ from qrnn_deploy.export import export_bundle
 from qrnn_deploy.nn import QRNNSeq2Seq
 from qrnn_deploy.runtime import load_bundle
 from qrnn_deploy.vocab import BOS, EOS
+import _args  # noqa: E402  (benchmarks/_args.py: argument checks shared by these scripts)
 
 
 def pct(xs, q):
@@ -142,17 +143,17 @@ def median(xs):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--hidden", type=int, default=320)
-    ap.add_argument("--vocab", type=int, default=120)
-    ap.add_argument("--src-len", type=int, default=120)
-    ap.add_argument("--chunk", type=int, default=10)
-    ap.add_argument("--tokens", type=int, default=100)
-    ap.add_argument("--sentences", type=int, default=5)
-    ap.add_argument("--beam", type=int, default=4)
-    ap.add_argument("--runs", type=int, default=20, help="first-token runs per mode (medians reported)")
-    ap.add_argument("--batch", type=int, default=8, help="concurrent translations for section 3")
+    ap.add_argument("--threads", type=_args.threads, default=1)
+    ap.add_argument("--layers", type=_args.count, default=4)
+    ap.add_argument("--hidden", type=_args.count, default=320)
+    ap.add_argument("--vocab", type=_args.count, default=120)
+    ap.add_argument("--src-len", type=_args.count, default=120)
+    ap.add_argument("--chunk", type=_args.count, default=10)
+    ap.add_argument("--tokens", type=_args.count, default=100)
+    ap.add_argument("--sentences", type=_args.count, default=5)
+    ap.add_argument("--beam", type=_args.count, default=4)
+    ap.add_argument("--runs", type=_args.count, default=20, help="first-token runs per mode (medians reported)")
+    ap.add_argument("--batch", type=_args.count, default=8, help="concurrent translations for section 3")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -241,4 +242,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    _args.run(main)

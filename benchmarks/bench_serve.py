@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import _args  # noqa: E402  (benchmarks/_args.py: argument checks shared by these scripts)
 
 REPO = Path(__file__).resolve().parents[1]
 SENTENCES = [
@@ -95,8 +96,10 @@ def build_bundle(out: Path, fo_pool: str, seed: int = 0, quantize: str = None) -
 
 def raw_sentence(translator, sentence: str, tokens: int, pieces: list) -> dict:
     """One translation decoded alone in this thread, as the engine does it (source pieces fed,
-    then DecodeBatch.step per token). Wall seconds per token (decoding), CPU seconds per token
-    (encoding + decoding, the same work the server does), first-token time."""
+    then DecodeBatch.step per token). Measured as the client measures the server: wall seconds
+    per token from the first token to the last over tokens - 1 (TPOT), CPU seconds per token
+    emitted (encoding + decoding, the same work the server does), first-token time; "steps" are
+    the times of the steps that emitted a token."""
     c0 = time.thread_time()
     ts = translator.stream()
     for p in pieces:
@@ -104,15 +107,19 @@ def raw_sentence(translator, sentence: str, tokens: int, pieces: list) -> dict:
     t0 = time.perf_counter()
     d = ts.decoder(beam=1, max_len=tokens)
     b = translator.decode_batch()
-    n, first, steps = 0, None, []
+    n, arrivals, steps = 0, [], []
     while not d.done:
         t = time.perf_counter()
-        n += len(b.step([d]))
-        steps.append(time.perf_counter() - t)
-        if first is None and n:
-            first = time.perf_counter() - t0
-    wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
-    return {"tokens": n, "wall": wall / max(n, 1), "cpu": cpu / max(n, 1), "first": first, "steps": steps}
+        got = sum(len(x) for x in b.step([d]))  # tokens emitted (the step that ends on </s> emits none)
+        now = time.perf_counter()
+        if got:
+            n += got
+            arrivals.append(now)
+            steps.append(now - t)
+    cpu = time.thread_time() - c0
+    tpot = (arrivals[-1] - arrivals[0]) / (n - 1) if n > 1 else float("nan")
+    return {"tokens": n, "wall": tpot, "cpu": cpu / max(n, 1), "first": arrivals[0] - t0 if arrivals else None,
+            "steps": steps}
 
 
 def raw_batched_tps(translator, n: int, tokens: int, min_seconds: float = 1.0) -> float:
@@ -321,19 +328,19 @@ def _env() -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=8.0, help="Load time per client count.")
-    ap.add_argument("--tokens", type=int, default=60, help="Target tokens per sentence (max_len).")
-    ap.add_argument("--clients", default="1,8,32,128")
+    ap.add_argument("--seconds", type=_args.seconds, default=8.0, help="Load time per client count.")
+    ap.add_argument("--tokens", type=_args.count, default=60, help="Target tokens per sentence (max_len).")
+    ap.add_argument("--clients", type=_args.counts, default="1,8,32,128")
     ap.add_argument("--fo-pool", default="auto", choices=["auto", "custom", "portable"])
-    ap.add_argument("--rounds", type=int, default=30, help="1-stream sentences interleaved with the raw runtime.")
-    ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (server and baseline).")
+    ap.add_argument("--rounds", type=_args.count, default=30, help="1-stream sentences interleaved with the raw runtime.")
+    ap.add_argument("--threads", type=_args.threads, default=1, help="onnxruntime intra-op threads (server and baseline).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quantize", choices=["int8"], help="Serve (and measure the baselines on) an int8 bundle.")
     ap.add_argument("--serve-option", action="append", default=[], metavar="OPTION",
                     help="Extra option for `qrnn-deploy serve`, e.g. --serve-option=--flush-ms=4 (repeatable).")
     ap.add_argument("--build-only", metavar="DIR", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    counts = sorted({int(c) for c in args.clients.split(",")})  # ratios are to the first row: N = 1 if given
+    counts = args.clients  # sorted: ratios are to the first row, N = 1 if given
 
     fo_pool = args.fo_pool
     if fo_pool == "auto":
@@ -405,10 +412,10 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     raw, srv = one["raw"], one["srv"]
-    raw_wall = float(np.median([r["wall"] for r in raw]))
+    raw_wall = float(np.median([r["wall"] for r in raw if r["tokens"] > 1]))
     raw_cpu = float(np.median([r["cpu"] for r in raw]))
     raw_step = float(np.median([t for r in raw for t in r["steps"]]))
-    raw_first = float(np.median([r["first"] for r in raw]))
+    raw_first = float(np.median([r["first"] for r in raw if r["first"] is not None]))
     tpot = float(np.median(srv.tpot))
     print(f"model: {info['model']}; bundle fo_pool={fo_pool}; onnxruntime {args.threads} thread(s) (server and baseline); "
           f"{args.tokens} tokens per sentence; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
@@ -460,4 +467,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _args.run(main)

@@ -27,6 +27,7 @@ from qrnn_deploy.data.dictionary import load_splits
 from qrnn_deploy.nn.batching import collate, make_batches
 from qrnn_deploy.nn.train import TrainConfig, build_model, count_parameters, loss_on, prepare_data
 from qrnn_deploy.vocab import PAD
+import _args  # noqa: E402  (benchmarks/_args.py: argument checks shared by these scripts)
 
 
 class GRUSeq2Seq(nn.Module):
@@ -57,10 +58,10 @@ class GRUSeq2Seq(nn.Module):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seconds", type=float, default=40.0, help="training seconds per model per round")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--max-tokens", type=int, default=6000)
+    ap.add_argument("--seconds", type=_args.seconds, default=40.0, help="training seconds per model per round")
+    ap.add_argument("--rounds", type=_args.count, default=2)
+    ap.add_argument("--threads", type=_args.threads, default=2)
+    ap.add_argument("--max-tokens", type=_args.count, default=6000)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -112,4 +113,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    _args.run(main)

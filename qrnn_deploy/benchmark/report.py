@@ -161,7 +161,8 @@ def floors_line(res: BenchResult) -> str:
                 if key + "_start" in fl else "")
         return f"{fl[key]:.1f} {unit}{both}"
     return (f"onnxruntime MatMul {one('ort_gemm_gflops', 'GFLOP/s')}, numpy matmul "
-            f"{one('numpy_gemm_gflops', 'GFLOP/s')} (n = {fl['gemm_n']}), copy {one('copy_gbs', 'GB/s')} "
+            f"{one('numpy_gemm_gflops', 'GFLOP/s')} (n = {fl['gemm_n']}; numpy's BLAS uses all cores, reference "
+            f"only), copy {one('copy_gbs', 'GB/s')} "
             "(read + write)")
 
 

@@ -103,7 +103,15 @@ def _meta(cfg: BenchConfig) -> dict:
             "threads": cfg.threads, "python": platform.python_version(), "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
             "load_avg_1m_start": floors.host_load(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"), "ort_spinning": "off"}
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"), "ort_spinning": "off",
+            "qrnn_torch_fo_pool": _torch_fo_pool_path()}
+
+
+def _torch_fo_pool_path() -> str:
+    """Which fo_pool the `qrnn-torch` contender runs on CPU: the native kernel or the PyTorch path."""
+    from qrnn_deploy.nn import _cpu_kernels
+
+    return "native kernel" if _cpu_kernels.available() else f"PyTorch path ({_cpu_kernels.unavailable_reason()})"
 
 
 def run_bench(cfg: BenchConfig, workdir: Path, progress: Optional[Progress] = None) -> BenchResult:
@@ -112,6 +120,9 @@ def run_bench(cfg: BenchConfig, workdir: Path, progress: Optional[Progress] = No
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
     res = BenchResult(cfg, _meta(cfg), {})
+    if res.meta["qrnn_torch_fo_pool"] != "native kernel":
+        res.notes.append(f"qrnn-torch runs fo_pool on the {res.meta['qrnn_torch_fo_pool']}, not the native "
+                         "CPU kernel")
 
     progress("floors: GEMM rate and copy bandwidth", 0)
     res.floors = _floors(cfg)
