@@ -31,7 +31,11 @@ def main():
         if w.dim() >= 2 and w.numel() >= 4096:
             half_step = w.reshape(w.shape[0], -1).abs().amax(1) / 254
             err = (sd2[k] - w).reshape(w.shape[0], -1).abs().amax(1)
-            assert torch.all(err <= half_step * (1 + 1e-5) + 1e-12), k
+            # Half a step, plus float32 rounding of w / scale and q * scale (about 127 ulps of a
+            # step: 1.0000125 half steps were seen on a fresh run).
+            if not torch.all(err <= half_step * (1 + 1e-4) + 1e-12):
+                worst = float((err / half_step.clamp_min(1e-30)).max())
+                raise SystemExit(f"error: {k}: int8 copy off by {worst:.6f} half quantization steps")
     print(f"{dest}: {dest.stat().st_size / 2**20:.1f} MiB, step {extra.get('steps')}, "
           f"{extra.get('trained_seconds', 0) / 60:.1f} min trained, valid loss {extra.get('valid_loss')}")
 

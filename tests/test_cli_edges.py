@@ -285,3 +285,13 @@ def test_ctrl_c_says_interrupted(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(runtime, "load_bundle", interrupt)
     code, out, err = cli(capsys, "translate", tmp_path, "abc")
     assert code == 130 and err == "interrupted\n" and out == ""
+
+
+def test_loopback_hosts_are_recognised():
+    """The no-API-key warning fired for 127.0.0.2 (only three exact strings counted as loopback)."""
+    from qrnn_deploy.cli.serve import is_loopback
+
+    for host in ("127.0.0.1", "127.0.0.2", "127.255.0.9", "::1", "[::1]", "localhost", "LOCALHOST"):
+        assert is_loopback(host), host
+    for host in ("0.0.0.0", "::", "192.168.1.4", "10.0.0.1", "example.com", ""):
+        assert not is_loopback(host), host

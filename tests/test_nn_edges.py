@@ -135,3 +135,20 @@ def test_dense_stack_output_is_dropped_once():
     q.eval()
     ye, _ = q(x)
     assert torch.allclose(ye[..., 6:14], y1) and not torch.allclose(ye[..., 14:], y[..., 14:])
+
+
+def test_checkpoint_files_get_the_umask_mode(tmp_path):
+    """safetensors writes 0600: a shipped or shared checkpoint was readable by its owner only."""
+    import os
+
+    from qrnn_deploy.nn import save_checkpoint
+
+    old = os.umask(0o022)
+    try:
+        p = save_checkpoint(QRNNLanguageModel(10, 4, 4, 1), tmp_path / "lm.safetensors")
+        assert (os.stat(p).st_mode & 0o777) == 0o644
+        os.umask(0o077)
+        p = save_checkpoint(QRNNLanguageModel(10, 4, 4, 1), tmp_path / "private.safetensors")
+        assert (os.stat(p).st_mode & 0o777) == 0o600
+    finally:
+        os.umask(old)

@@ -76,7 +76,19 @@ def serve(bundle: str = typer.Argument(..., help="Seq2seq bundle directory (writ
                       max_batch_rows=max_batch_rows, flush_ms=flush_ms,
                       flush_max_ms=flush_max_ms,
                       drain_timeout=drain_timeout, api_key=api_key).validate()
-    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+    if not is_loopback(host) and api_key is None:
         typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
     run_server(bundle, cfg, host=host, port=port, threads=threads, backend=backend, log_level=log_level.lower(),
                access_log=access_log, switch_interval=switch_interval_ms / 1000)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` serves this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False

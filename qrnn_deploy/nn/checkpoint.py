@@ -39,6 +39,13 @@ def _quantize_int8_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.reshape(t.shape).contiguous(), scale.contiguous()
 
 
+def _file_mode() -> int:
+    """The mode `open()` gives a new file here: 0666 less the process umask."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def save_checkpoint(model: nn.Module, path, extra: Optional[dict] = None, dtype: Optional[torch.dtype] = None,
                     quantize: Optional[str] = None) -> Path:
     """Writes `model` (a qrnn_deploy.nn model) to `path`; `extra` is any JSON-able dict (e.g. the
@@ -89,6 +96,7 @@ def save_checkpoint(model: nn.Module, path, extra: Optional[dict] = None, dtype:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(tmp), metadata=meta)
+        os.chmod(tmp, _file_mode())  # safetensors writes 0600; a checkpoint is a plain file (umask)
         os.replace(tmp, path)  # never leave a half-written checkpoint behind
     except Exception as e:  # OSError, or safetensors' own error type for I/O failures
         try:
