@@ -1,6 +1,6 @@
 """`qrnn-deploy serve BUNDLE`: the streaming translation server (docs/server.md)."""
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -20,6 +20,14 @@ def serve(bundle: str = typer.Argument(..., help="Seq2seq bundle directory (writ
           api_key: Optional[str] = typer.Option(None, "--api-key", envvar="QRNN_SERVE_API_KEY",
                                                 help="Require this key on every endpoint but /healthz "
                                                      "(Authorization: Bearer, X-API-Key or ?api_key=)."),
+          allow_origin: Optional[List[str]] = typer.Option(None, "--allow-origin",
+                                                           help="A web origin (https://app.example.com, or *) whose "
+                                                                "pages may use the server besides its own page; "
+                                                                "repeatable. Other origins get 403."),
+          allow_host: Optional[List[str]] = typer.Option(None, "--allow-host",
+                                                         help="A Host name accepted over loopback besides "
+                                                              "localhost and loopback addresses (a DNS-rebinding "
+                                                              "guard), or *; repeatable."),
           beam: int = typer.Option(1, "--beam", "-k", min=1, help="Default beam size (1 = greedy)."),
           max_beam: Optional[int] = typer.Option(None, "--max-beam", min=1,
                                                  help="Largest beam a request may ask for (default: 8, or --beam "
@@ -75,7 +83,8 @@ def serve(bundle: str = typer.Argument(..., help="Seq2seq bundle directory (writ
                       max_queued_sentences=max_queued_sentences, batch_wait_ms=batch_wait_ms,
                       max_batch_rows=max_batch_rows, flush_ms=flush_ms,
                       flush_max_ms=flush_max_ms,
-                      drain_timeout=drain_timeout, api_key=api_key).validate()
+                      drain_timeout=drain_timeout, api_key=api_key, allowed_origins=tuple(allow_origin or ()),
+                      allowed_hosts=tuple(allow_host or ())).validate()
     if not is_loopback(host) and api_key is None:
         typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
     run_server(bundle, cfg, host=host, port=port, threads=threads, backend=backend, log_level=log_level.lower(),

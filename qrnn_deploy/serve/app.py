@@ -25,9 +25,10 @@ from starlette.routing import Route, WebSocketRoute
 from qrnn_deploy.errors import QRNNError
 from qrnn_deploy.serve.config import ServeConfig
 from qrnn_deploy.serve.engine import Engine, EngineStopped, TranslationModel
+from qrnn_deploy.serve.guard import RequestGuard
 from qrnn_deploy.serve.metrics import ServerMetrics
 from qrnn_deploy.serve.openapi import openapi_spec
-from qrnn_deploy.serve.protocol import ProtocolError, decode_options
+from qrnn_deploy.serve.protocol import ProtocolError, decode_options, shown
 from qrnn_deploy.serve.state import ServerState
 from qrnn_deploy.serve.ws import RawSend, _abort, done_payload, stream_endpoint, token_payload
 
@@ -79,7 +80,16 @@ async def index(request: Request) -> Response:
     return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The request body: at most `limit` bytes, all of it within `timeout` seconds (a client that
+    trickles a body, or declares more than it sends, would hold its connection and buffer)."""
+    try:
+        return await asyncio.wait_for(_read_body_bytes(request, limit), timeout)
+    except asyncio.TimeoutError:
+        raise ProtocolError("request_timeout", f"the request body did not arrive within {timeout:g} s") from None
+
+
+async def _read_body_bytes(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ProtocolError("too_large", f"request body of {declared} bytes is over the limit of {limit} bytes")
@@ -115,19 +125,19 @@ def _parse_translate(body: bytes, cfg: ServeConfig) -> tuple:
                                                f"{cfg.max_source_chars}; send a shorter sentence")
     stream = d.get("stream", False)
     if not isinstance(stream, bool):
-        raise ProtocolError("bad_option", f'"stream" must be true or false, got {stream!r}')
+        raise ProtocolError("bad_option", f'"stream" must be true or false, got {shown(stream)}')
     return (text, stream) + decode_options(d, cfg)
 
 
-_STATUS = {"too_large": 413}
+_STATUS = {"too_large": 413, "request_timeout": 408}
 
 
 async def translate(request: Request) -> Response:
     """POST /v1/translate {"text", "beam"?, "max_len"?, "length_penalty"?, "stream"?}."""
     st: ServerState = request.app.state.serve
     try:
-        text, stream, beam, max_len, lp = _parse_translate(await _read_body(request, st.cfg.max_message_bytes),
-                                                           st.cfg)
+        body = await _read_body(request, st.cfg.max_message_bytes, st.cfg.send_timeout)
+        text, stream, beam, max_len, lp = _parse_translate(body, st.cfg)
     except ProtocolError as e:
         st.metrics.errors.inc(kind=e.code)
         return _error(_STATUS.get(e.code, 400), e.code, e.message)
@@ -280,6 +290,7 @@ def create_app(model: TranslationModel, cfg: Optional[ServeConfig] = None, info:
         Route("/v1/translate", _guard(translate), methods=["POST"]),
         WebSocketRoute("/v1/stream", stream_endpoint),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RawSend)])
+    guard = Middleware(RequestGuard, config=cfg, on_refused=lambda code: metrics.errors.inc(kind=code))
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[guard, Middleware(RawSend)])
     app.state.serve = state
     return app

@@ -44,6 +44,10 @@ class ServeConfig:
       None: max(4, flush_ms); equal to flush_ms: no growth.
     drain_timeout: seconds SIGTERM waits for open streams to finish before the server stops.
     api_key: when set, every endpoint but /healthz needs it.
+    allowed_origins: web origins (e.g. "https://app.example.com", or "*") whose pages may use the
+      server besides its own page; requests of other origins are refused (serve/guard.py).
+    allowed_hosts: Host names accepted on loopback connections besides loopback ones (a guard
+      against DNS rebinding), or "*".
     """
 
     beam: int = 1
@@ -62,6 +66,8 @@ class ServeConfig:
     flush_max_ms: Optional[float] = None
     drain_timeout: float = 30.0
     api_key: Optional[str] = None
+    allowed_origins: tuple = ()
+    allowed_hosts: tuple = ()
 
     def validate(self) -> "ServeConfig":
         checks = [
@@ -87,6 +93,11 @@ class ServeConfig:
              f"flush_max_ms must be in [flush_ms ({self.flush_ms:g}), 100], got {self.flush_max_ms}"),
             (self.drain_timeout >= 0, f"drain_timeout must be >= 0, got {self.drain_timeout}"),
             (self.api_key is None or len(self.api_key) > 0, "api_key must not be empty"),
+            (all(isinstance(o, str) and (o == "*" or "://" in o) for o in self.allowed_origins),
+             f"allowed_origins must be origins such as https://app.example.com, or *, got "
+             f"{list(self.allowed_origins)}"),
+            (all(isinstance(h, str) and h and not any(c in h for c in "/ :") for h in self.allowed_hosts),
+             f"allowed_hosts must be host names without a port (or *), got {list(self.allowed_hosts)}"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -70,6 +70,9 @@ def openapi_spec(cfg: ServeConfig) -> dict:
                                         "text/event-stream": {"schema": {"type": "string"}}}},
                     "400": _error_response("Malformed request or option out of range"),
                     "401": _error_response("Missing or wrong API key"),
+                    "403": _error_response("Another web origin's page (forbidden_origin), or a Host name that "
+                                           "is not loopback on a loopback connection (forbidden_host)"),
+                    "408": _error_response(f"The body did not arrive within {cfg.send_timeout:g} s"),
                     "413": _error_response(f"Body over {cfg.max_message_bytes} bytes"),
                     "500": _error_response("The runtime failed on this request (translate_failed)"),
                     "503": _error_response("Too many open streams, or draining (Retry-After: 1)"),
@@ -79,8 +82,10 @@ def openapi_spec(cfg: ServeConfig) -> dict:
                 "description": 'Client: {"type": "source", "text"} ..., {"type": "end", "beam"?, "max_len"?}, '
                                '{"type": "reset"}, {"type": "ping"}. Server: {"type": "token", "text", "ids", '
                                '"index", "ms"} ..., {"type": "done", "text", ...timings}, {"type": "error", '
-                               '"code", "message"}. Close codes: 1013 busy/draining, 1008 bad key, 4408 idle.',
-                "responses": {"101": {"description": "Switching protocols"}}}},
+                               '"code", "message"}. Close codes: 1013 busy/draining, 1008 bad key, 4408 idle. '
+                               'A handshake from another web origin is refused with 403.',
+                "responses": {"101": {"description": "Switching protocols"},
+                              "403": {"description": "Another web origin, or a rebound Host name"}}}},
             "/healthz": {"get": {"summary": "Liveness / readiness", "security": [], "responses": {
                 "200": {"description": "Serving"}, "503": {"description": "Draining or stopped"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {

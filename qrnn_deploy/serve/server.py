@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 from typing import Optional
 
@@ -73,10 +74,30 @@ class _InvalidUtf8Frame(logging.Filter):
         return True
 
 
-def _quiet_invalid_utf8() -> None:
-    logger = logging.getLogger("uvicorn.error")
-    if not any(isinstance(f, _InvalidUtf8Frame) for f in logger.filters):
-        logger.addFilter(_InvalidUtf8Frame())
+class _RedactApiKey(logging.Filter):
+    """uvicorn logs each WebSocket's path with its query string, and the page sends the API key
+    as `?api_key=` (browsers cannot set headers on a WebSocket): the key would be in every log."""
+
+    PATTERN = re.compile(r"(api_key=)[^&\s\"']*", re.IGNORECASE)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # The arguments are redacted in place: uvicorn's access formatter unpacks them.
+        if isinstance(record.msg, str):
+            record.msg = self.PATTERN.sub(r"\1***", record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.PATTERN.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: self.PATTERN.sub(r"\1***", a) if isinstance(a, str) else a
+                           for k, a in record.args.items()}
+        return True
+
+
+def _install_log_filters() -> None:
+    for name, kind in (("uvicorn.error", _InvalidUtf8Frame), ("uvicorn.error", _RedactApiKey),
+                       ("uvicorn.access", _RedactApiKey)):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, kind) for f in logger.filters):
+            logger.addFilter(kind())
 
 
 def uvicorn_config(app, cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000,
@@ -89,8 +110,12 @@ def uvicorn_config(app, cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
                             lifespan="on", loop="asyncio", ws="websockets-sansio",
                             ws_max_size=max(4 * cfg.max_message_bytes, 1 << 20), ws_per_message_deflate=False,
-                            timeout_graceful_shutdown=5)
-    _quiet_invalid_utf8()  # after Config, which (re)configures uvicorn's loggers
+                            timeout_graceful_shutdown=5,
+                            # Connections (idle, half-sent or open) beyond this get 503: uvicorn
+                            # has no timeout for a request's headers, so this bounds what
+                            # slow or silent clients can hold. Streams are refused before it.
+                            limit_concurrency=2 * cfg.max_streams + 64)
+    _install_log_filters()  # after Config, which (re)configures uvicorn's loggers
     return config
 
 
