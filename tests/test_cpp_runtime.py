@@ -428,3 +428,17 @@ def test_classifier_running_prediction_matches_python_runtime(programs, lm_and_c
         probs = s.feed(text[5 * i:5 * i + 5])
         assert int(row[0]) == s.prediction
         assert [float(x) for x in row[1:]] == pytest.approx(list(probs), abs=1e-6)
+
+
+@pytest.mark.parametrize("bad", [b"\xc0\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xff", b"a\x80", b"\xe2\x82"])
+def test_translate_refuses_malformed_utf8_like_python(programs, bundles, bad):
+    """Overlong forms, surrogates, code points above U+10FFFF, stray or cut sequences: one error
+    line naming the stdin line, after the lines before it were translated (as `qrnn-deploy
+    translate`); the C++ vocabulary used to read some of them as one character."""
+    for extra in ([], ["--batch", "2"]):
+        r = subprocess.run([str(programs["qrnn_translate"]), str(bundles["custom"]), "--ids", "--max-len", "3", *extra],
+                           input=b"ab\n" + "\u00e4\u20ac\U0001F600".encode() + b"\n" + bad + b"\nab\n",
+                           capture_output=True, timeout=120)
+        err = r.stderr.decode()
+        assert r.returncode == 2 and err.startswith("qrnn_translate: error: stdin line 3 is not valid UTF-8")
+        assert err.count("\n") == 1 and r.stdout.decode().count("\n") == 2, (err, r.stdout)

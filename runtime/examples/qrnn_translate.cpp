@@ -97,8 +97,16 @@ int run(int argc, char** argv) {
     }
     pending.clear();
   };
+  long line_no = 0;
   while (std::getline(std::cin, line)) {
+    ++line_no;
     if (!line.empty() && line.back() == '\r') line.pop_back();
+    const std::size_t bad = qrnn::utf8_invalid_at(line);
+    if (bad != std::string::npos) {  // as `qrnn-deploy translate`: the lines before it were translated
+      if (!pending.empty()) flush_batch();
+      throw qrnn::ConfigError("stdin line " + std::to_string(line_no) + " is not valid UTF-8 (an undecodable byte at " +
+                              "byte " + std::to_string(bad) + "); give UTF-8 text");
+    }
     if (batch > 1) {
       pending.push_back(line);
       if (static_cast<long>(pending.size()) == batch) flush_batch();

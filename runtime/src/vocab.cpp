@@ -4,21 +4,59 @@
 
 namespace qrnn {
 
+namespace {
+
+// Length of the well-formed UTF-8 sequence at s[i] (Unicode table 3-7: no overlong forms, no
+// surrogates, nothing above U+10FFFF), or 0 when the byte there starts none.
+std::size_t utf8_length(const unsigned char* s, std::size_t n, std::size_t i) {
+  const unsigned char c = s[i];
+  if (c < 0x80) return 1;
+  std::size_t len;
+  unsigned char lo = 0x80, hi = 0xbf;  // the allowed range of the second byte
+  if (c >= 0xc2 && c <= 0xdf) {
+    len = 2;
+  } else if (c >= 0xe0 && c <= 0xef) {
+    len = 3;
+    if (c == 0xe0) lo = 0xa0;  // overlong
+    if (c == 0xed) hi = 0x9f;  // surrogates
+  } else if (c >= 0xf0 && c <= 0xf4) {
+    len = 4;
+    if (c == 0xf0) lo = 0x90;  // overlong
+    if (c == 0xf4) hi = 0x8f;  // above U+10FFFF
+  } else {
+    return 0;  // a continuation byte, C0/C1 (overlong) or F5..FF
+  }
+  if (i + len > n || s[i + 1] < lo || s[i + 1] > hi) return 0;
+  for (std::size_t j = 2; j < len; ++j)
+    if ((s[i + j] & 0xc0) != 0x80) return 0;
+  return len;
+}
+
+}  // namespace
+
 std::vector<std::string> utf8_chars(const std::string& text) {
   std::vector<std::string> out;
   const auto* s = reinterpret_cast<const unsigned char*>(text.data());
   const std::size_t n = text.size();
   std::size_t i = 0;
   while (i < n) {
-    const unsigned char c = s[i];
-    std::size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
-    bool ok = len > 0 && i + len <= n;
-    for (std::size_t j = 1; ok && j < len; ++j) ok = (s[i + j] & 0xc0) == 0x80;
-    if (!ok) len = 1;  // malformed: keep the byte alone
+    std::size_t len = utf8_length(s, n, i);
+    if (len == 0) len = 1;  // malformed: keep the byte alone (as Python's surrogateescape does)
     out.emplace_back(text, i, len);
     i += len;
   }
   return out;
+}
+
+std::size_t utf8_invalid_at(const std::string& text) {
+  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+  const std::size_t n = text.size();
+  for (std::size_t i = 0; i < n;) {
+    const std::size_t len = utf8_length(s, n, i);
+    if (len == 0) return i;
+    i += len;
+  }
+  return std::string::npos;
 }
 
 CharVocab::CharVocab(std::vector<std::string> symbols, SpecialTokens special)

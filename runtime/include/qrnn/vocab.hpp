@@ -16,6 +16,10 @@ namespace qrnn {
 // one-byte piece of its own (it then maps to <unk>), so no input is an error.
 std::vector<std::string> utf8_chars(const std::string& text);
 
+// Byte offset of the first byte of `text` that is not part of well-formed UTF-8 (an overlong
+// form, a surrogate, a stray continuation byte, ...), or std::string::npos when it is all valid.
+std::size_t utf8_invalid_at(const std::string& text);
+
 class CharVocab {
  public:
   CharVocab() = default;
