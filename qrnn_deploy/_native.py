@@ -8,6 +8,8 @@ both use it. The libraries are built by `bash scripts/build_plugins.sh` into plu
 
 Look-up order for each library: an explicit file in the environment (QRNN_ORT_LIBRARY /
 QRNN_KERNELS_LIBRARY), then the directory QRNN_PLUGIN_DIR, then plugins/build/ of the source tree.
+The CUDA sources compiled at run time (the PyTorch CUDA kernels, the TensorRT AOT plugin) are
+read from `cuda_sources_dir()`: plugins/cuda/ of the source tree, or QRNN_PLUGIN_SOURCES/cuda.
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ def plugin_dirs() -> list[Path]:
         dirs.append(Path(os.environ["QRNN_PLUGIN_DIR"]))
     dirs.append(Path(__file__).resolve().parent.parent / "plugins" / "build")
     return dirs
+
+
+def cuda_sources_dir() -> Path:
+    """plugins/cuda/ (the CUDA kernel sources): under $QRNN_PLUGIN_SOURCES (a copy of plugins/;
+    QRNN_PLUGINS_DIR, its old name, is still read) or the source tree's plugins/."""
+    root = os.environ.get("QRNN_PLUGIN_SOURCES") or os.environ.get("QRNN_PLUGINS_DIR")
+    return Path(root if root else Path(__file__).resolve().parent.parent / "plugins") / "cuda"
 
 
 def _find(file_name: str, env_var: str) -> Optional[Path]:

@@ -350,3 +350,17 @@ def test_score_bad_input():
         score(["a"], [])
     with pytest.raises(DataError, match="no pairs"):
         score([], [])
+
+
+def test_cuda_sources_dir_env(monkeypatch, tmp_path):
+    """The CUDA sources' directory: QRNN_PLUGIN_SOURCES (QRNN_PLUGINS_DIR, its old name, still
+    works), else the checkout's plugins/; one definition for the CUDA kernels and the AOT plugin."""
+    from qrnn_deploy._native import cuda_sources_dir
+
+    monkeypatch.delenv("QRNN_PLUGIN_SOURCES", raising=False)
+    monkeypatch.delenv("QRNN_PLUGINS_DIR", raising=False)
+    assert (cuda_sources_dir() / "fo_pool_kernels.cuh").is_file()
+    monkeypatch.setenv("QRNN_PLUGINS_DIR", str(tmp_path / "old"))
+    assert cuda_sources_dir() == tmp_path / "old" / "cuda"
+    monkeypatch.setenv("QRNN_PLUGIN_SOURCES", str(tmp_path / "new"))
+    assert cuda_sources_dir() == tmp_path / "new" / "cuda"

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from qrnn_deploy._native import cuda_sources_dir
 from qrnn_deploy.errors import BuildError, ConfigError
 
-PLUGINS_CUDA = Path(os.environ.get("QRNN_PLUGINS_DIR", Path(__file__).resolve().parents[2] / "plugins")) / "cuda"
 AOT_SOURCE = "fo_pool_aot.cu"
 KERNEL_HEADER = "fo_pool_kernels.cuh"
 POOLING_P = {"f": 2, "fo": 3, "ifo": 4}
@@ -41,7 +41,7 @@ PLUGIN_ID = "qrnn::FoPool"  # namespace::name, as the C++ plugin (plugins/tensor
 
 def _header_constant(name: str) -> int:
     """A #define of the kernel header: the launch rule has one home, the kernel source."""
-    text = (PLUGINS_CUDA / KERNEL_HEADER).read_text()
+    text = (cuda_sources_dir() / KERNEL_HEADER).read_text()
     m = re.search(rf"^#define\s+{name}\s+(\d+)\s*$", text, re.M)
     if not m:
         raise BuildError(f"{KERNEL_HEADER} does not define {name}")
@@ -106,14 +106,14 @@ def compile_ptx(arch: str = "compute_80", nvcc: Optional[str] = None, cache_dir:
     if not re.fullmatch(r"compute_\d+[a-z]?", arch):
         raise ConfigError(f"PTX arch must look like 'compute_80', got {arch!r}")
     exe = _nvcc(nvcc)
-    src = PLUGINS_CUDA / AOT_SOURCE
+    src = cuda_sources_dir() / AOT_SOURCE
     if not src.is_file():
-        raise BuildError(f"{src} not found (run from a qrnn-deploy checkout or set QRNN_PLUGINS_DIR)")
+        raise BuildError(f"{src} not found (run from a qrnn-deploy checkout or set QRNN_PLUGIN_SOURCES)")
     try:
         version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise BuildError(f"cannot run {exe}: {e}") from None
-    key = hashlib.sha256(src.read_bytes() + (PLUGINS_CUDA / KERNEL_HEADER).read_bytes()
+    key = hashlib.sha256(src.read_bytes() + (cuda_sources_dir() / KERNEL_HEADER).read_bytes()
                          + version.encode() + arch.encode()).hexdigest()[:16]
     root = Path(cache_dir) if cache_dir else Path(os.environ.get("QRNN_CACHE_DIR", Path.home() / ".cache" / "qrnn-deploy")) / "ptx"
     target = root / f"fo_pool_aot-{arch}-{key}.ptx"

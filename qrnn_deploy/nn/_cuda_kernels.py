@@ -27,9 +27,9 @@ from typing import Optional
 
 import torch
 
+from qrnn_deploy._native import cuda_sources_dir
 from qrnn_deploy.errors import BuildError
 
-PLUGINS_CUDA = Path(os.environ.get("QRNN_PLUGINS_DIR", Path(__file__).resolve().parents[2] / "plugins")) / "cuda"
 SOURCES = ("fo_pool_cuda.cu", "fo_pool_cuda.h", "fo_pool_kernels.cuh")
 LIB_NAME = "libqrnn_fo_pool_cuda.so"
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
@@ -77,17 +77,17 @@ def build(arch: str, nvcc: Optional[str] = None, out_dir: Optional[Path] = None)
     nvcc = nvcc or find_nvcc()
     if nvcc is None:
         raise BuildError("nvcc not found (install the CUDA toolkit or set QRNN_NVCC)")
-    missing = [s for s in SOURCES if not (PLUGINS_CUDA / s).is_file()]
+    missing = [s for s in SOURCES if not (cuda_sources_dir() / s).is_file()]
     if missing:
-        raise BuildError(f"CUDA kernel sources {missing} not found in {PLUGINS_CUDA} "
-                         "(run from a qrnn-deploy checkout or set QRNN_PLUGINS_DIR)")
+        raise BuildError(f"CUDA kernel sources {missing} not found in {cuda_sources_dir()} "
+                         "(run from a qrnn-deploy checkout or set QRNN_PLUGIN_SOURCES)")
     try:
         version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise BuildError(f"cannot run {nvcc}: {e}") from None
     key = hashlib.sha256()
     for s in SOURCES:
-        key.update((PLUGINS_CUDA / s).read_bytes())
+        key.update((cuda_sources_dir() / s).read_bytes())
     key.update(version.encode())
     key.update(" ".join(nvcc_flags(arch)).encode())
     target = (out_dir or cache_dir() / f"{arch}-{key.hexdigest()[:16]}") / LIB_NAME
@@ -97,7 +97,7 @@ def build(arch: str, nvcc: Optional[str] = None, out_dir: Optional[Path] = None)
     # Build beside the target and rename: concurrent processes never load a half-written file.
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
-    cmd = [nvcc, *nvcc_flags(arch), "-shared", "-o", tmp, str(PLUGINS_CUDA / "fo_pool_cuda.cu")]
+    cmd = [nvcc, *nvcc_flags(arch), "-shared", "-o", tmp, str(cuda_sources_dir() / "fo_pool_cuda.cu")]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.SubprocessError) as e:
