@@ -132,15 +132,10 @@ def test_register_plugin_wires_the_plain_python_parts(monkeypatch, tmp_path):
     import sys
     import types
 
-    recorded = {}
+    import inspect
+    import typing
 
-    def deco(kind):
-        def outer(plugin_id):
-            def inner(fn):
-                recorded[kind] = (plugin_id, fn)
-                return fn
-            return inner
-        return outer
+    recorded = {}
 
     class Desc:
         def __init__(self, shape_expr, dtype):
@@ -149,16 +144,71 @@ def test_register_plugin_wires_the_plain_python_parts(monkeypatch, tmp_path):
     class KernelLaunchParams:
         pass
 
-    class SymIntExprs(list):
+    class SymExprs(list):
+        pass
+
+    class SymIntExprs(SymExprs):
         @classmethod
         def from_tuple(cls, items):
             return cls(items)
+
+    class AutoTuneCombination:
+        def __init__(self, spec):
+            self.spec = spec
+
+    # The checks tensorrt.plugin makes of the decorated functions' signatures (TensorRT 10.x
+    # tensorrt/plugin/_validate.py, as documented): annotations are objects, not strings.
+    def is_tuple_of(ann, cls, n=None):
+        args = typing.get_args(ann)
+        return (typing.get_origin(ann) is tuple and all(inspect.isclass(a) and issubclass(a, cls) for a in args)
+                and (n is None or len(args) == n))
+
+    def check(kind, fn):
+        sig = inspect.signature(fn)
+        ps = sig.parameters
+        if kind == "register":
+            assert all(p.annotation is not inspect.Parameter.empty for p in ps.values())
+            tensors = [n for n, p in ps.items() if inspect.isclass(p.annotation) and issubclass(p.annotation, Desc)]
+            assert tensors == ["gates", "c0"], sig
+            assert all(ps[n].annotation in (int, float, bytes, bool, str) for n in ps if n not in tensors), sig
+            assert is_tuple_of(sig.return_annotation, Desc, 2), sig
+        else:
+            if ps["outputs"].annotation is not inspect.Parameter.empty:
+                assert is_tuple_of(ps["outputs"].annotation, Desc), sig
+            for n in ("gates", "c0"):
+                a = ps[n].annotation
+                assert a is inspect.Parameter.empty or (inspect.isclass(a) and issubclass(a, Desc)), sig
+            reg = inspect.signature(recorded["register"][1]).parameters
+            for n in ("pooling", "batch_first", "reverse"):
+                if n in ps and ps[n].annotation is not inspect.Parameter.empty:
+                    assert ps[n].annotation == reg[n].annotation, sig
+        if kind == "autotune":
+            assert list(ps) == ["gates", "c0", "outputs"], sig
+            ret = sig.return_annotation
+            assert ret is inspect.Parameter.empty or (
+                typing.get_origin(ret) is list and all(issubclass(a, AutoTuneCombination) for a in typing.get_args(ret))), sig
+        if kind == "aot_impl":
+            assert list(ps) == ["gates", "c0", "pooling", "batch_first", "reverse", "outputs", "tactic"], sig
+            ret = sig.return_annotation
+            assert typing.get_origin(ret) is tuple and len(typing.get_args(ret)) == 4, sig
+            a = typing.get_args(ret)
+            assert a[0] in (str, bytes) and a[1] in (str, bytes), sig
+            assert issubclass(a[2], KernelLaunchParams) and issubclass(a[3], SymExprs), sig
+
+    def deco(kind):
+        def outer(plugin_id):
+            def inner(fn):
+                check(kind, fn)
+                recorded[kind] = (plugin_id, fn)
+                return fn
+            return inner
+        return outer
 
     trtp = types.ModuleType("tensorrt.plugin")
     trtp.register, trtp.autotune, trtp.aot_impl = deco("register"), deco("autotune"), deco("aot_impl")
     trtp.TensorDesc = Desc
     trtp.from_shape_expr = lambda shape, dtype: Desc(shape, dtype)
-    trtp.AutoTuneCombination = lambda spec: spec
+    trtp.AutoTuneCombination = AutoTuneCombination
     trtp.KernelLaunchParams = KernelLaunchParams
     trtp.SymIntExprs = SymIntExprs
     trtp.SymInt32 = lambda e: ("i32", e)
@@ -172,10 +222,11 @@ def test_register_plugin_wires_the_plain_python_parts(monkeypatch, tmp_path):
     aot.register_plugin()
     assert {k: v[0] for k, v in recorded.items()} == {k: "qrnn::FoPool" for k in ("register", "autotune", "aot_impl")}
     gates, c0 = Desc((3, 7, 20), "f16"), Desc((3, 5), "f16")  # batch-first [B=3, T=7, 4*H]
-    h, c_last = recorded["register"][1](gates, c0, "ifo", 1, 0)
+    # The ONNX parser hands string attributes over with their terminating NUL.
+    h, c_last = recorded["register"][1](gates, c0, "ifo\x00", 1, 0)
     assert h.shape_expr == (3, 7, 5) and c_last.shape_expr == (3, 5) and gates.shape_expr == (3, 7, 20)
-    assert recorded["autotune"][1](gates, c0, ()) == ["FP32|FP16, FP32|FP16, FP32|FP16, FP32|FP16"]
-    name, ptx, params, extra = recorded["aot_impl"][1](gates, c0, "ifo", 1, 0, (h, c_last), 0)
+    assert [c.spec for c in recorded["autotune"][1](gates, c0, ())] == ["FP32|FP16, FP32|FP16, FP32|FP16, FP32|FP16"]
+    name, ptx, params, extra = recorded["aot_impl"][1](gates, c0, "ifo\x00", 1, 0, (h, c_last), 0)
     assert name == b"qrnn_fo_pool_aot_f16" and b".entry qrnn_fo_pool_aot_f16(" in ptx
     assert (params.grid_x, params.block_x, params.shared_mem) == (1, 128, 0)
     assert list(extra) == [("i32", v) for v in (7, 3, 5, 4, 1, 0)]

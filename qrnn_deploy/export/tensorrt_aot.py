@@ -159,34 +159,10 @@ def register_plugin(arch: str = "compute_80") -> None:
     except ImportError:
         raise BuildError("TensorRT's Python package (tensorrt >= 10.8, with tensorrt.plugin) is not installed") from None
     ptx = compile_ptx(arch)
+    from qrnn_deploy.export._tensorrt_qdp import define_plugin
 
-    @trtp.register(PLUGIN_ID)
-    def _desc(gates: trtp.TensorDesc, c0: trtp.TensorDesc, pooling: str, batch_first: int,
-              reverse: int) -> tuple[trtp.TensorDesc, trtp.TensorDesc]:
-        # New shape-expression tuples: TensorDesc.like() shares the input's ShapeExprs object,
-        # so editing its copy in place would change the input's shape too.
-        d = gates.shape_expr
-        H = d[2] // POOLING_P[pooling]
-        B = d[0] if batch_first else d[1]
-        return trtp.from_shape_expr((d[0], d[1], H), dtype=gates.dtype), trtp.from_shape_expr((B, H), dtype=gates.dtype)
-
-    @trtp.autotune(PLUGIN_ID)
-    def _autotune(gates, c0, outputs):
-        return [trtp.AutoTuneCombination("FP32|FP16, FP32|FP16, FP32|FP16, FP32|FP16")]
-
-    @trtp.aot_impl(PLUGIN_ID)
-    def _aot(gates: trtp.TensorDesc, c0: trtp.TensorDesc, pooling: str, batch_first: int, reverse: int,
-             outputs: tuple, tactic: int):
-        dims = gates.shape_expr
-        T, B = (dims[1], dims[0]) if batch_first else (dims[0], dims[1])
-        H = dims[2] // POOLING_P[pooling]
-        spec = launch_params(T, B, H, pooling, bool(batch_first), bool(reverse))
-        params = trtp.KernelLaunchParams()
-        params.grid_x, params.grid_y, params.grid_z = spec.grid
-        params.block_x, params.block_y, params.block_z = spec.block
-        params.shared_mem = spec.shared_mem
-        extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in spec.extra_args])
-        dtype = "float16" if gates.dtype == trt.float16 else "float32"
-        return kernel_name(dtype, True).encode(), ptx.encode(), params, extra
-
+    try:
+        define_plugin(trt, trtp, ptx)
+    except (TypeError, ValueError, AttributeError) as e:  # tensorrt.plugin's checks of the definition
+        raise BuildError(f"tensorrt.plugin refused the FoPool plugin definition: {e}") from None
     _registered = True
