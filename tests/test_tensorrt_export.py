@@ -156,10 +156,39 @@ def test_triton_tensorrt_backend_uses_the_engines(lm_bundle, tmp_path):
     assert cfg.platform == "tensorrt_plan" and cfg.default_model_filename == "model.plan"
     assert not cfg.model_operations.op_library_filename  # AOT: the kernel is in the engine
     assert (cfgs[0].parent / "1" / "model.plan").read_bytes() == b"engine bytes"
+    assert not cfg.instance_group[0].profile  # one profile: nothing to choose
+    # Two profiles (decode, chunks): Triton must be told it may use both (it takes the first by default).
+    man.engines["lm"].profiles = [{"name": "decode"}, {"name": "chunk"}]
+    man.write(b)
+    cfg, _ = _parse(write_model_repository(b, tmp_path / "repo4", backend="tensorrt", max_batch_size=3)[0])
+    assert list(cfg.instance_group[0].profile) == ["0", "1"] and cfg.max_batch_size == 3
+    # Triton's TensorRT backend cannot register the plugin library's creator: refused.
     man.engines["lm"].plugin = "library"
     man.write(b)
-    with pytest.raises(ExportError, match="libqrnn_trt_plugin.so"):
+    with pytest.raises(ExportError, match="--plugin aot"):
         write_model_repository(b, tmp_path / "repo3", backend="tensorrt")
+
+
+def test_triton_refuses_a_state_with_a_symbolic_axis(lm_bundle, tmp_path):
+    """Triton's zero initial state is made at fixed dims; -1 there would not load."""
+    import shutil
+
+    out, _ = lm_bundle
+    b = tmp_path / "b"
+    shutil.copytree(out, b)
+    man = load_manifest(b)
+    man.graphs["lm"].states[0].shape = ["B", "T", 4]
+    man.write(b)
+    with pytest.raises(ExportError, match="symbolic axis"):
+        write_model_repository(b, tmp_path / "repo", op_library="/opt/libqrnn_ort.so")
+
+
+def test_build_engine_triton_needs_the_aot_plugin(lm_bundle, tmp_path, capsys):
+    out, _ = lm_bundle
+    with pytest.raises(SystemExit) as e:
+        main(["build-engine", str(out), "--plugin", "library", "--triton", str(tmp_path / "repo")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: --triton needs --plugin aot") and err.count("\n") == 1
 
 
 def test_custom_bundle_without_op_library_is_refused(lm_bundle, tmp_path):

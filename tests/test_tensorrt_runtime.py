@@ -185,8 +185,11 @@ def _fake_tensorrt(cudart):
             engine.profiles_used.append(idx)
 
         def set_input_shape(self, name, shape):
+            if not self.engine.accept_shapes:
+                return False
             self.shapes[name] = tuple(shape)
             self.results = None
+            return True
 
         def set_tensor_address(self, name, ptr):
             self.addr[name] = ptr
@@ -220,6 +223,7 @@ def _fake_tensorrt(cudart):
             self.num_io_tensors = len(self.inputs) + len(self.outputs)
             self.num_optimization_profiles = 2
             self.profiles_used = []
+            self.accept_shapes = True
 
         def get_tensor_name(self, i):
             return (self.inputs + self.outputs)[i]
@@ -301,6 +305,35 @@ def test_runner_copies_a_state_the_caller_changed_in_place(fake_trt_bundle):
     out, _ = g.run({"tokens": tokens}, states)
     want, _ = ref.run({"tokens": tokens}, ref_states)
     np.testing.assert_allclose(out["logits"], want["logits"], atol=1e-6)
+
+
+def test_runner_refuses_shapes_outside_the_engine_profiles(fake_trt_bundle):
+    """A chunk longer than build-engine's --max-chunk, or more streams than --max-batch, was a
+    numpy error on unresolved output shapes (TensorRT's set_input_shape only returns False)."""
+    b, trt, _ = fake_trt_bundle  # built with max_batch=4, max_chunk=16
+    g = load_bundle(b, backend="tensorrt").graph("lm")
+    with pytest.raises(StreamError, match=r"outside the engine's profile 'chunk'.*--max-chunk"):
+        g.run({"tokens": np.zeros((1, 17), np.int64)}, g.zero_states(1))
+    with pytest.raises(StreamError, match="--max-batch"):
+        g.run({"tokens": np.zeros((5, 1), np.int64)}, g.zero_states(5))
+    out, _ = g.run({"tokens": np.zeros((4, 16), np.int64)}, g.zero_states(4))  # the limits themselves
+    assert out["logits"].shape[:2] == (4, 16)
+    trt.last_engine.accept_shapes = False  # TensorRT refuses what the manifest did not foresee
+    with pytest.raises(StreamError, match="TensorRT refused shape"):
+        g.run({"tokens": np.zeros((1, 3), np.int64)}, g.zero_states(1))
+
+
+def test_build_engines_fp16_on_a_tensorrt_without_weak_typing(tmp_path, monkeypatch):
+    """TensorRT 11 removed BuilderFlag.FP16: --fp16 is one BuildError, not an AttributeError."""
+    import sys
+
+    torch.manual_seed(0)
+    export_bundle(QRNNLanguageModel(12, 6, 6, 1), tmp_path, fo_pool="portable", verify=False)
+    trt = _recording_tensorrt([])
+    trt.BuilderFlag = types.SimpleNamespace()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    with pytest.raises(BuildError, match="no BuilderFlag.FP16"):
+        build_engines(tmp_path, fp16=True)
 
 
 def _recording_tensorrt(calls, parse_ok=True):

@@ -1,6 +1,8 @@
-// The FoPool TensorRT plugin: see fo_pool_plugin.h. Loads with trtexec --dynamicPlugins=<lib>,
-// Triton's TensorRT backend (LD_PRELOAD or --backend-config=tensorrt,plugins=<lib>) and
-// IPluginRegistry::loadLibrary in C++ apps, through the exported getCreators().
+// The FoPool TensorRT plugin: see fo_pool_plugin.h. Loads with trtexec --dynamicPlugins=<lib>
+// and IPluginRegistry::loadLibrary (C++ apps, the Python runtime's load_library), which call the
+// exported getCreators(). There is no static registrar (nothing of TensorRT is linked), so a
+// plain dlopen (Triton's TensorRT backend, LD_PRELOAD) registers nothing: Triton serves the AOT
+// engines instead (docs/tensorrt.md).
 #include "fo_pool_plugin.h"
 
 #include <cstring>

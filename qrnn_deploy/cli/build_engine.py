@@ -19,10 +19,7 @@ def build_engine(bundle: str = typer.Argument(..., help="A bundle directory (qrn
                                                  "time); library: libqrnn_trt_plugin.so (needed at run time)."),
                  triton: Optional[str] = typer.Option(None, "--triton",
                                                       help="Also write a Triton model repository (TensorRT backend) "
-                                                           "in this directory."),
-                 triton_op_library: Optional[str] = typer.Option(
-                     None, "--triton-op-library",
-                     help="Path of libqrnn_trt_plugin.so on the Triton server (--plugin library only).")):
+                                                           "in this directory (needs --plugin aot).")):
     """Build one TensorRT engine per graph (profiles: chunk 1 for decoding, 1..max-chunk for chunks)
     and list them in the bundle's manifest. Needs TensorRT and an NVIDIA GPU."""
     from qrnn_deploy.errors import ExportError
@@ -30,6 +27,9 @@ def build_engine(bundle: str = typer.Argument(..., help="A bundle directory (qrn
 
     if triton is not None:  # before minutes of engine building
         output_dir(triton, "--triton directory", ExportError, create=False)
+        if plugin == "library":
+            raise ExportError("--triton needs --plugin aot: Triton's TensorRT backend cannot register the "
+                              "FoPool plugin library (see docs/tensorrt.md)")
     from qrnn_deploy.export.tensorrt_engine import build_engines
 
     manifest = build_engines(bundle, fp16=fp16, max_batch=max_batch, max_chunk=max_chunk, max_source=max_source,
@@ -38,5 +38,5 @@ def build_engine(bundle: str = typer.Argument(..., help="A bundle directory (qrn
     if triton is not None:
         from qrnn_deploy.export.triton import write_model_repository
 
-        for cfg in write_model_repository(bundle, triton, backend="tensorrt", op_library=triton_op_library):
+        for cfg in write_model_repository(bundle, triton, backend="tensorrt", max_batch_size=max_batch):
             typer.echo(f"wrote Triton model {cfg.parent.name}: {cfg}")

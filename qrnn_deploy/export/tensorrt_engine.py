@@ -120,6 +120,9 @@ def build_engines(bundle_dir, fp16: bool = False, max_batch: int = 8, max_chunk:
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
         if fp16:
+            if not hasattr(trt.BuilderFlag, "FP16"):  # weak typing: deprecated in 10.12, removed in 11
+                raise BuildError(f"TensorRT {getattr(trt, '__version__', '?')} has no BuilderFlag.FP16 (weakly typed "
+                                 "precision was removed in TensorRT 11); build without --fp16")
             config.set_flag(trt.BuilderFlag.FP16)
         profiles = engine_profiles(manifest, role, max_batch, max_chunk, max_source)
         for p in profiles:

@@ -2,7 +2,8 @@
 
 The parser looks an unknown node up in its plugin registry by op type ("FoPool"), with the
 version and namespace taken from the node attributes `plugin_version` and `plugin_namespace`;
-every other node attribute becomes a plugin field (pooling, batch_first, reverse). The same
+the node attributes the plugin creator lists as its fields (pooling, batch_first, reverse) are
+handed over as plugin fields (a string with its terminating NUL). The same
 nodes still run in onnxruntime with the custom-op library (it ignores the two attributes) and
 pass the ONNX checker (the qrnn::FoPool schema declares them as optional).
 

@@ -10,9 +10,13 @@ batch-first, so Triton's batch axis is the graph's B).
 Backends:
 - "onnxruntime": the bundle's ONNX graph; a custom-FoPool bundle needs the custom-op library on
   the server (`model_operations.op_library_filename`), a portable bundle needs nothing;
-- "tensorrt": the engine `qrnn-deploy build-engine` wrote for that graph (manifest `engines`);
-  an engine built with `--plugin library` needs libqrnn_trt_plugin.so on the server (same field),
-  one built with `--plugin aot` embeds its kernel and needs nothing.
+- "tensorrt": the engine `qrnn-deploy build-engine` wrote for that graph (manifest `engines`),
+  built with `--plugin aot` (the default), which embeds FoPool's kernel. An engine built with
+  `--plugin library` is refused: Triton's TensorRT backend loads plugin libraries with dlopen
+  and registers nothing, and libqrnn_trt_plugin.so (an IPluginV3 library) registers its creator
+  only when TensorRT's loadLibrary asks for it (`model_operations` is for ONNX models only).
+  An engine with several optimization profiles (decode: one step; chunks) lists them all in its
+  instance group, so Triton picks one per request's shape (by default it would use only the first).
 
 Pure Python: reads the manifest, writes text and copies files; no torch, no Triton.
 """
@@ -58,6 +62,10 @@ def model_config(manifest: Manifest, role: str, name: str, backend: str = "onnxr
     if max_batch_size < 1:
         raise ExportError(f"max_batch_size must be >= 1 (Triton batches sequences along B), got {max_batch_size}")
     g = manifest.graphs[role]
+    profiles = 1
+    if backend == "tensorrt":
+        eng = manifest.engines.get(role)
+        profiles = max(1, len(eng.profiles)) if eng is not None else 1
     lines = [f'name: "{name}"']
     if backend == "onnxruntime":
         lines += ['backend: "onnxruntime"', 'default_model_filename: "model.onnx"']
@@ -79,13 +87,18 @@ def model_config(manifest: Manifest, role: str, name: str, backend: str = "onnxr
               "  }"]
     for s in g.states:
         where = f"graph {role!r} state {s.name}"
-        dt, dims = _dtype(s.dtype, where), _dims_text(_dims(s.shape, where))
+        state_dims = _dims(s.shape, where)
+        if any(d < 0 for d in state_dims):  # zero initial states are made at a fixed size
+            raise ExportError(f"{where}: shape {s.shape} has a symbolic axis besides B; Triton's zero initial "
+                              "state needs fixed dimensions")
+        dt, dims = _dtype(s.dtype, where), _dims_text(state_dims)
         lines += ["  state {", f'    input_name: "{s.name}"', f'    output_name: "{s.output}"',
                   f"    data_type: {dt}", f"    dims: {dims}",
                   "    initial_state {", f"      data_type: {dt}", f"      dims: {dims}", "      zero_data: true",
                   f'      name: "{s.name}_zeros"', "    }", "  }"]
     lines.append("}")
-    lines += ["instance_group [", f"  {{\n    count: 1\n    kind: {kind}\n  }}", "]"]
+    profile = ("\n    profile: [ " + ", ".join(f'"{i}"' for i in range(profiles)) + " ]") if profiles > 1 else ""
+    lines += ["instance_group [", f"  {{\n    count: 1\n    kind: {kind}{profile}\n  }}", "]"]
     if op_library:
         lines += ["model_operations {", f'  op_library_filename: "{op_library}"', "}"]
     return "\n".join(lines) + "\n"
@@ -95,9 +108,8 @@ def write_model_repository(bundle_dir, repo_dir, backend: str = "onnxruntime", m
                            op_library: Optional[str] = None, prefix: str = "qrnn_", kind: str = "KIND_GPU") -> list[Path]:
     """Writes `repo_dir/<prefix><role>/{config.pbtxt, 1/model.onnx|model.plan}` for every graph.
 
-    op_library: path (on the Triton server) of libqrnn_ort.so (onnxruntime backend, custom FoPool)
-    or libqrnn_trt_plugin.so (tensorrt backend, engines built with --plugin library). Required
-    there; ignored where nothing needs it. Returns the config paths. Raises BundleError /
+    op_library: path (on the Triton server) of libqrnn_ort.so (onnxruntime backend, custom FoPool):
+    required there, ignored where nothing needs it. Returns the config paths. Raises BundleError /
     ExportError with what to do.
     """
     bundle_dir, repo_dir = Path(bundle_dir), Path(repo_dir)
@@ -110,13 +122,16 @@ def write_model_repository(bundle_dir, repo_dir, backend: str = "onnxruntime", m
         if missing:
             raise ExportError(f"{bundle_dir}: no TensorRT engine for graph(s) {missing}; build them first with "
                               f"`qrnn-deploy build-engine {bundle_dir}`")
-        needs_library = any(e.plugin == "library" for e in m.engines.values()) and m.fo_pool == "custom"
+        if m.fo_pool == "custom" and any(m.engines[r].plugin == "library" for r in m.graphs):
+            raise ExportError(f"{bundle_dir}: engines built with --plugin library cannot be served by Triton (its "
+                              "TensorRT backend dlopens plugin libraries without registering an IPluginV3 "
+                              "creator); rebuild them with `qrnn-deploy build-engine --plugin aot`, which embeds "
+                              "the kernel")
     else:
         raise ExportError(f"Triton backend must be one of {BACKENDS}, got {backend!r}")
     if needs_library and not op_library:
-        what = "libqrnn_ort.so" if backend == "onnxruntime" else "libqrnn_trt_plugin.so"
-        raise ExportError(f"this bundle's FoPool needs {what} on the Triton server: pass its path there "
-                          f"(--triton-op-library PATH)")
+        raise ExportError("this bundle's FoPool needs libqrnn_ort.so on the Triton server: pass its path there "
+                          "(--triton-op-library PATH)")
     written = []
     for role, g in m.graphs.items():
         name = f"{prefix}{role}"

@@ -145,6 +145,7 @@ class TensorRTRunner:
         # The carried states: output -> the input it feeds next time.
         self.state_of_output = {s.output: s.name for s in spec.states}
         self.profile_names = [p.get("name", str(i)) for i, p in enumerate(engine_spec.profiles)]
+        self.profile_shapes = [p.get("shapes", {}) for p in engine_spec.profiles]
         self.chunk_input = next((t.name for t in spec.inputs if len(t.shape) > 1 and t.shape[1] == "T"), None)
         self.contexts: dict = {}
         self.buffers = {n: _Buffer() for n in names}
@@ -158,12 +159,31 @@ class TensorRTRunner:
             self.contexts[profile] = ctx
         return self.contexts[profile]
 
+    def _set_shape(self, ctx, profile: int, name: str, shape: tuple) -> None:
+        """Sets an input's shape; StreamError naming the limit when the profile does not take it
+        (TensorRT's set_input_shape only returns False, and the outputs' shapes stay unknown)."""
+        rng = self.profile_shapes[profile].get(name) if profile < len(self.profile_shapes) else None
+        if rng is not None:
+            lo, hi = rng.get("min"), rng.get("max")
+            if lo is not None and hi is not None and (
+                    len(shape) != len(hi) or any(not a <= d <= b for d, a, b in zip(shape, lo, hi))):
+                axis_hint = {0: "--max-batch (streams at once)", 1: "--max-chunk (steps per call) or "
+                             "--max-source (source length)"}
+                bad = next((i for i, (d, a, b) in enumerate(zip(shape, lo, hi)) if not a <= d <= b), None)
+                hint = f"; rebuild the engine with a larger {axis_hint[bad]}" if bad in axis_hint else ""
+                raise StreamError(f"graph {self.role!r}: input {name} of shape {list(shape)} is outside the engine's "
+                                  f"profile {self.profile_names[profile]!r} ({lo} .. {hi}){hint}")
+        if ctx.set_input_shape(name, tuple(shape)) is False:
+            raise StreamError(f"graph {self.role!r}: TensorRT refused shape {list(shape)} for input {name} "
+                              f"(profile {profile}); rebuild the engine with larger limits")
+
     def run(self, inputs: dict) -> dict:
         missing = [n for n in self.input_names if n not in inputs]
         if missing:
             raise StreamError(f"graph {self.role!r}: inputs {missing} not given")
         chunk = int(np.shape(inputs[self.chunk_input])[1]) if self.chunk_input else 1
-        ctx = self._context(pick_profile(self.profile_names, chunk))
+        profile = pick_profile(self.profile_names, chunk)
+        ctx = self._context(profile)
         keep = []  # host arrays must outlive their asynchronous copies
         for name in self.input_names:
             arr = inputs[name]
@@ -173,14 +193,14 @@ class TensorRTRunner:
                 # the output's device buffer, so swap buffers instead of copying it up again.
                 src_buf = self.buffers[reused[2]]
                 self.buffers[name], self.buffers[reused[2]] = src_buf, self.buffers[name]
-                ctx.set_input_shape(name, arr.shape)
+                self._set_shape(ctx, profile, name, arr.shape)
                 ctx.set_tensor_address(name, src_buf.ptr)
                 continue
             arr = np.ascontiguousarray(arr, dtype=self.dtypes[name])
             keep.append(arr)
+            self._set_shape(ctx, profile, name, arr.shape)  # before the copy: a refused shape moves nothing
             ptr = self.buffers[name].ensure(self.dev, arr.nbytes)
             self.dev.to_device(ptr, arr)
-            ctx.set_input_shape(name, arr.shape)
             ctx.set_tensor_address(name, ptr)
         outputs = {}
         for name in self.output_names:
