@@ -442,3 +442,19 @@ def test_translate_refuses_malformed_utf8_like_python(programs, bundles, bad):
         err = r.stderr.decode()
         assert r.returncode == 2 and err.startswith("qrnn_translate: error: stdin line 3 is not valid UTF-8")
         assert err.count("\n") == 1 and r.stdout.decode().count("\n") == 2, (err, r.stdout)
+
+
+def test_stream_check_on_an_int8_bundle_uses_the_quantized_tolerance(programs, model, tmp_path):
+    """int8 one-row calls round apart from batched ones (a whole int8 step at worst): the check
+    reads the bundle's quantization and compares relative to the quantized tolerance."""
+    export_bundle(model, tmp_path / "q", fo_pool="custom", verify=False, vocab=(SRC_VOCAB, TGT_VOCAB),
+                  quantize="int8", quantize_block=16)
+    r = run(programs["qrnn_stream_check"], tmp_path / "q", "--len", 9)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith("int8 bundle: differences relative to max(1, max|value|), tolerance 0.1")
+
+
+def test_translate_strips_every_trailing_carriage_return_like_python(programs, bundles):
+    lines = ["abc", "abc\r", "abc\r\r"]
+    out = translate_ids(programs, bundles["custom"], sources=lines)
+    assert out[0] == out[1] == out[2]

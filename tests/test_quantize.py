@@ -132,7 +132,8 @@ def test_quantized_bundle_manifest_and_graphs(bundles):
                     next(t for t in proto.graph.initializer if t.name == n.input[1]).dims) < 16
         assert (q8 / f"{role}.onnx").stat().st_size < (f32 / f"{role}.onnx").stat().st_size
     v = man.metadata["verification_quantized"]
-    assert v["engine"] == "onnxruntime" and v["stream_tolerance"] == 1e-4 and v["max_chunked_vs_whole"] <= 1e-4 * 50
+    assert v["engine"] == "onnxruntime" and v["stream_tolerance"] == v["tolerance"]  # int8: one-row calls round apart
+    assert v["max_chunked_vs_whole"] <= 1e-4 * 50
     assert man.metadata["verification"]["tolerance"] == 1e-4  # the float graphs were checked first
 
 

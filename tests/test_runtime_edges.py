@@ -140,3 +140,19 @@ def test_a_closed_stream_says_it_is_closed(tr):
         ts.memory
     with pytest.raises(StreamError, match="closed"):
         ts.decoder()
+
+
+def test_generate_with_the_default_prompt_on_a_bundle_without_vocabulary(tmp_path):
+    """generate()'s default prompt is "", which a bundle without a vocabulary refused as text
+    (found by differential fuzzing); an empty prompt starts from <s> either way."""
+    from qrnn_deploy.nn import QRNNLanguageModel
+    import torch
+
+    torch.manual_seed(0)
+    export_bundle(QRNNLanguageModel(9, 4, 4, 1), tmp_path / "lm", fo_pool="portable", verify=False)
+    b = load_bundle(tmp_path / "lm")
+    assert list(b.language_model().generate(max_new_tokens=5)) == list(b.language_model().generate([], 5))
+    lm = b.language_model()
+    lm.feed("")
+    with pytest.raises(StreamError, match="no vocabulary"):
+        lm.feed("abc")

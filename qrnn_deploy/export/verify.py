@@ -341,7 +341,8 @@ def verify_bundle(bundle_dir, model=None, tol: Optional[float] = None, seed: int
     runtime relies on, and all that can be checked without the model).
 
     tol: default 1e-4, or the export's quantized tolerance for an int8 bundle (its streaming
-    check stays at 1e-4, or `stream_tol`). runners: role -> callable(feeds) -> {output: array},
+    check too, unless `stream_tol` is given: onnxruntime's one-row MatMulNBits kernel rounds
+    differently, and its int8 activations can turn that into a whole int8 step). runners: role -> callable(feeds) -> {output: array},
     to check the graphs as another engine runs them (the CLI passes the TensorRT engines through
     the runtime's backends); `engine` is then only its name in the figures. Returns {"engine", "tolerance", "stream_tolerance", "max_abs_error"
     (None without a model), "max_chunked_vs_whole", "cases", "compared_with_model"}.
@@ -377,7 +378,7 @@ def verify_bundle(bundle_dir, model=None, tol: Optional[float] = None, seed: int
         except ExportError as e:  # a graph file onnxruntime cannot load: the bundle is broken
             raise VerificationError(str(e).replace("the exported graphs", "the bundle's graphs")) from None
     errs = _Errors(tol if tol is not None else (QUANTIZED_TOL if quantized else DEFAULT_TOL),
-                   DEFAULT_TOL if stream_tol is None else stream_tol)
+                   stream_tol if stream_tol is not None else (QUANTIZED_TOL if quantized else DEFAULT_TOL))
     cfg = model.config if model is not None else SimpleNamespace(**manifest.config)
     try:
         cfg_sizes = [getattr(cfg, k) for k in (("src_vocab_size", "tgt_vocab_size", "num_layers")

@@ -24,9 +24,9 @@ def to_ids(chunk: Chunk, vocab: Optional[CharVocab], vocab_size: Optional[int], 
     """Text or ids -> ids [T]. Unknown characters and ids outside [0, vocab_size) become `unk_id`
     (never an error: a stray symbol in a live stream must not kill it)."""
     if isinstance(chunk, str):
-        if vocab is None:
+        if vocab is None and chunk:  # "" is no text: generate()'s default prompt
             raise StreamError("this bundle has no vocabulary, so it takes token ids, not text")
-        return np.asarray(vocab.encode(chunk), dtype=dtype).reshape(-1)
+        return np.asarray(vocab.encode(chunk) if chunk else [], dtype=dtype).reshape(-1)
     ids = np.asarray(chunk)
     if ids.size == 0:
         return np.zeros(0, dtype=dtype)

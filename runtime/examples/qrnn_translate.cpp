@@ -100,7 +100,7 @@ int run(int argc, char** argv) {
   long line_no = 0;
   while (std::getline(std::cin, line)) {
     ++line_no;
-    if (!line.empty() && line.back() == '\r') line.pop_back();
+    while (!line.empty() && line.back() == '\r') line.pop_back();  // as Python's rstrip("\r\n")
     const std::size_t bad = qrnn::utf8_invalid_at(line);
     if (bad != std::string::npos) {  // as `qrnn-deploy translate`: the lines before it were translated
       if (!pending.empty()) flush_batch();
