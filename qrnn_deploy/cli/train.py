@@ -16,7 +16,9 @@ from qrnn_deploy.cli.options import (MAX_HIDDEN, MAX_LAYERS, check_at_least, che
 def train(
     task: str = typer.Option("de-en", "--task", help="What to train; 'de-en' (German->English dictionary)."),
     minutes: Optional[float] = typer.Option(None, "--minutes", help="Training time (excluding validation). "
-                                            "Default 10, unless --steps is given."),
+                                            "Default 10, unless --steps is given; with --resume: "
+                                            "the time the run had left (10 more when it was done), and "
+                                            "given, it is added and the learning-rate curve stretched."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Stop after this many steps (with or without --minutes)."),
     out: str = typer.Option("runs/de-en", "--out", help="Run directory: checkpoints, training state, log."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
@@ -67,8 +69,8 @@ def train(
             setattr(cfg, name, val)
     if cfg.num_layers != 4 and layers is not None:
         cfg.encoder_window = [6] + [2] * (cfg.num_layers - 1)
-    if minutes is None and steps is None:
-        minutes = 10.0
+    if minutes is None and steps is None and not resume:
+        minutes = 10.0  # a resumed run without --minutes goes on to the end it had (train())
     res = run_train(splits, out, cfg, minutes=minutes, max_steps=steps, resume=resume, device=device,
                     progress=progress, threads=threads, valid_every_s=valid_every)
     typer.echo(f"trained {res.steps} steps, {res.seconds / 60:.1f} min, {res.target_chars:,} target chars "

@@ -16,12 +16,16 @@ from qrnn_deploy.vocab import BOS, EOS, PAD
 
 
 def make_batches(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], max_tokens: int,
-                 rng: random.Random, max_batch: int = 512) -> list[list[int]]:
+                 rng: random.Random, max_batch: int = 512, legacy_width: bool = False) -> list[list[int]]:
     """Index lists of batches holding pairs of similar length (padding wasted < a few %).
 
     Pairs are shuffled, then sorted by (target length, source length) inside pools of 100 batches'
-    worth, cut into batches of at most `max_tokens` padded target+source symbols, and the batch
-    order is shuffled. Deterministic for a given `rng` state.
+    worth, cut into batches of at most `max_tokens` padded target+source symbols (as `collate`
+    pads them: rows x (longest source + longest target + 1); a single pair longer than that is a
+    batch of its own), and the batch order is shuffled. Deterministic for a given `rng` state.
+    legacy_width: the width rule of runs saved before batching version 2, max(len(src) +
+    len(tgt) + 1) over the pairs, which could exceed `max_tokens` by a few % (resumed old runs
+    keep their batches).
     """
     idx = list(range(len(src)))
     rng.shuffle(idx)
@@ -30,14 +34,15 @@ def make_batches(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], max
     for p0 in range(0, len(idx), pool_size):
         pool = sorted(idx[p0:p0 + pool_size], key=lambda i: (len(tgt[i]), len(src[i])))
         cur: list[int] = []
-        width = 0
+        width, ms, mt = 0, 0, 0
         for i in pool:
-            w = max(width, len(src[i]) + len(tgt[i]) + 1)
+            ls, lt = len(src[i]), len(tgt[i])
+            w = max(width, ls + lt + 1) if legacy_width else max(ms, ls) + max(mt, lt) + 1
             if cur and (w * (len(cur) + 1) > max_tokens or len(cur) >= max_batch):
                 batches.append(cur)
-                cur, w = [], len(src[i]) + len(tgt[i]) + 1
+                cur, w, ms, mt = [], ls + lt + 1, 0, 0
             cur.append(i)
-            width = w
+            width, ms, mt = w, max(ms, ls), max(mt, lt)
         if cur:
             batches.append(cur)
     rng.shuffle(batches)

@@ -91,10 +91,13 @@ def evaluate_loss(model, src: Sequence, tgt: Sequence, max_tokens: int, device) 
 
 # What a run directory holds once a run has saved anything: a new run must not write over them.
 RUN_FILES = ("last.safetensors", "best.safetensors", "state.json", "state.safetensors", "log.jsonl")
+DEFAULT_MINUTES = 10.0  # a run given neither --minutes nor --steps (a resumed finished run: 10 more)
+BATCHING_VERSION = 2  # make_batches' width rule (runs saved without it resume with the legacy one)
 
 
-def save_train_state(out: Path, optimizer: torch.optim.Optimizer, info: dict) -> None:
-    """Adam moments + CPU RNG state as safetensors, the rest (step, epoch, ...) as JSON."""
+def save_train_state(out: Path, optimizer: torch.optim.Optimizer, info: dict, suffix: str = "") -> None:
+    """Adam moments + CPU RNG state as safetensors, the rest (step, epoch, ...) as JSON, into
+    state.safetensors / state.json (+ `suffix`: staged files that `commit_staged` moves in)."""
     from safetensors.torch import save_file
 
     tensors = {"rng.torch": torch.get_rng_state()}
@@ -108,7 +111,7 @@ def save_train_state(out: Path, optimizer: torch.optim.Optimizer, info: dict) ->
     except Exception as e:  # safetensors' own error type for I/O failures (a full disk)
         tmp.unlink(missing_ok=True)
         raise CheckpointError(f"cannot write the training state {tmp}: {e}") from None
-    tmp.replace(out / "state.safetensors")
+    tmp.replace(out / ("state.safetensors" + suffix))
     meta = dict(info, param_groups=[{k: v for k, v in g.items() if k != "params"} for g in sd["param_groups"]],
                 python_rng=_py_rng_to_json(info.pop("_py_rng", None)))
     tmpj = out / "state.json.tmp"
@@ -117,7 +120,25 @@ def save_train_state(out: Path, optimizer: torch.optim.Optimizer, info: dict) ->
     except OSError as e:
         tmpj.unlink(missing_ok=True)
         raise CheckpointError(f"cannot write the training state {tmpj}: {e.strerror or e}") from None
-    tmpj.replace(out / "state.json")
+    tmpj.replace(out / ("state.json" + suffix))
+
+
+STAGED = ".new"
+
+
+def commit_staged(out: Path, names: Sequence[str]) -> None:
+    """Moves the staged `<name>.new` files of one checkpoint into place, state.json last: a write
+    that failed earlier left the previous checkpoint whole, and resume compares the steps."""
+    for name in sorted(names, key=lambda n: n == "state.json"):
+        (out / (name + STAGED)).replace(out / name)
+
+
+def discard_staged(out: Path) -> None:
+    for name in RUN_FILES:
+        try:
+            (out / (name + STAGED)).unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 # state.json keys a resumed run reads, with their JSON types.
@@ -249,6 +270,10 @@ def prepare_data(splits: dict, cfg: TrainConfig, vocab: Optional[CharVocab] = No
     """(vocab, train src/tgt ids, valid src/tgt ids) from {'train': pairs, 'valid': pairs}."""
     train = [(d, e) for d, e in splits["train"] if 0 < len(d) <= cfg.max_chars and 0 < len(e) <= cfg.max_chars]
     if not train:
+        n = len(splits["train"])
+        if n:
+            raise DataError(f"none of the {n:,} training pairs fits: every one is empty or longer than "
+                            f"{cfg.max_chars} characters on a side (TrainConfig.max_chars)")
         raise DataError("no training pairs (is the data file empty?)")
     if vocab is None:
         vocab = CharVocab.build((t for p in train for t in p), min_count=cfg.vocab_min_count)
@@ -272,7 +297,7 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
     resume: continue the run in `out_dir` with the settings it was made with (`cfg` is not used);
     valid_every_s, when given, replaces the validation interval (of `cfg` or of the resumed run).
     """
-    if minutes is None and max_steps is None:
+    if minutes is None and max_steps is None and not resume:
         raise ConfigError("train: give --minutes or max_steps")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -289,6 +314,9 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
             raise CheckpointError(f"--resume: {out / 'last.safetensors'} does not exist; start without --resume")
         read_train_state_info(out)  # a damaged state fails now, not after the data is prepared
         model = load_checkpoint(out / "last.safetensors").train()
+        if model.model_type != "seq2seq":
+            raise CheckpointError(f"--resume: {out / 'last.safetensors'} holds a {model.model_type} model, not the "
+                                  "translation model qrnn-deploy train makes; start a new run in another --out")
         extra = model.extra
         try:
             cfg = TrainConfig(**extra["train_config"])
@@ -313,6 +341,7 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
     step, epoch, pos, trained_s, chars_total, best = 0, 0, 0, 0.0, 0, math.inf
     py_rng = random.Random(cfg.seed)
     data_fp = data_fingerprint(splits)
+    saved_deadline, legacy_width = None, False
     if resume:
         meta = load_train_state(out, opt)
         step, epoch, pos = meta["step"], meta["epoch"], meta["pos"]
@@ -327,6 +356,8 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
                                   f"{step} (interrupted while saving?); start a new run, or restore both from a backup")
         trained_s, chars_total, best = meta["trained_s"], meta["target_chars"], meta["best_valid_loss"]
         _set_py_rng(py_rng, meta["python_rng"], out)
+        saved_deadline = meta.get("deadline_s") if isinstance(meta.get("deadline_s"), (int, float)) else None
+        legacy_width = meta.get("batching") != BATCHING_VERSION  # older runs keep their batches
     n_params = count_parameters(model)
     log(f"model: QRNNSeq2Seq {cfg.num_layers}x{cfg.hidden_size}, windows enc {cfg.encoder_window} "
         f"dec {cfg.decoder_window}, {n_params:,} parameters, vocab {len(vocab)}; "
@@ -340,16 +371,27 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
     # The epoch's batch order comes from py_rng's state at the epoch start (saved with the
     # state), so a resumed run rebuilds exactly the same batches and skips the first `pos`.
     epoch_rng_state = py_rng.getstate()
-    batches = make_batches(tr_src, tr_tgt, cfg.max_tokens, py_rng)
+    batches = make_batches(tr_src, tr_tgt, cfg.max_tokens, py_rng, legacy_width=legacy_width)
     if not 0 <= pos <= len(batches):
         raise CheckpointError(f"--resume: the training state's batch position {pos} is outside this epoch's "
                               f"{len(batches)} batches; the state is damaged")
     # The learning rate follows a cosine from 0 trained seconds to `deadline`; a resumed run
-    # continues the curve from where it stopped, stretched to its new end.
-    deadline = None if minutes is None else trained_s + minutes * 60.0
+    # continues the curve from where it stopped, stretched to its new end when given --minutes,
+    # else on to the end it had (or 10 more minutes when it had reached it).
+    if minutes is not None:
+        deadline = trained_s + minutes * 60.0
+    elif max_steps is not None:
+        deadline = None
+    elif saved_deadline is not None and saved_deadline > trained_s:
+        deadline = saved_deadline
+        log(f"resuming to the run's end: {(deadline - trained_s) / 60:.1f} more training minutes")
+    else:
+        deadline = trained_s + DEFAULT_MINUTES * 60.0
+    start_s = trained_s
+    ckpt_step = None  # the step of this run's last checkpoint
 
     def checkpoint(reason: str):
-        nonlocal best
+        nonlocal best, ckpt_step
         vloss = evaluate_loss(model, va_src, va_tgt, cfg.max_tokens, dev) if va_src else float("nan")
         samples = []
         if va_pairs and cfg.log_samples:
@@ -360,15 +402,30 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
         if improved:
             best = vloss
         info = extra_info()
-        info["valid_loss"] = vloss
-        save_checkpoint(model, out / "last.safetensors", extra=info)
-        if improved or not (out / "best.safetensors").is_file():
-            save_checkpoint(model, out / "best.safetensors", extra=info)
-        save_train_state(out, opt, {"step": step, "epoch": epoch, "pos": pos, "trained_s": trained_s,
-                                    "target_chars": chars_total, "best_valid_loss": best,
-                                    "_py_rng": epoch_rng_state, "data": data_fp})
+        info["valid_loss"] = None if math.isnan(vloss) else vloss
+        # Every file is written under a staged name first and moved in only when all were
+        # written: a full disk (or Ctrl-C) while saving leaves the previous checkpoint whole.
+        # Without validation pairs the last model is the best one can tell.
+        staged = ["last.safetensors", "state.safetensors", "state.json"]
+        if improved or not va_src or not (out / "best.safetensors").is_file():
+            staged.append("best.safetensors")
+        try:
+            save_checkpoint(model, out / ("last.safetensors" + STAGED), extra=info)
+            if "best.safetensors" in staged:
+                save_checkpoint(model, out / ("best.safetensors" + STAGED), extra=info)
+            save_train_state(out, opt, {"step": step, "epoch": epoch, "pos": pos, "trained_s": trained_s,
+                                        "target_chars": chars_total, "best_valid_loss": best,
+                                        "_py_rng": epoch_rng_state, "data": data_fp, "deadline_s": deadline,
+                                        "batching": None if legacy_width else BATCHING_VERSION},
+                             suffix=STAGED)
+        except BaseException:
+            discard_staged(out)
+            raise
+        commit_staged(out, staged)
+        ckpt_step = step
         rec = {"step": step, "epoch": epoch, "trained_s": round(trained_s, 1), "target_chars": chars_total,
-               "valid_loss": vloss, "train_loss": run_loss, "reason": reason,
+               "valid_loss": info["valid_loss"], "train_loss": None if math.isnan(run_loss) else run_loss,
+               "reason": reason,
                "samples": [list(s) for s in samples], "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -384,7 +441,8 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
     run_loss, last_ckpt = float("nan"), trained_s
     win_chars, win_t = 0, time.perf_counter()
     with (bar if bar is not None else nullcontext()):
-        task = bar.add_task("train", total=(minutes * 60 if minutes else max_steps), info="") if bar else None
+        task = bar.add_task("train", total=(deadline - start_s if deadline is not None else max_steps),
+                            info="") if bar else None
         t_prev = time.perf_counter()
         steps_this_run = 0
         chooser = ThreadChooser() if threads == 0 and dev.type == "cpu" else None
@@ -396,7 +454,7 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
             if pos >= len(batches):
                 epoch, pos = epoch + 1, 0
                 epoch_rng_state = py_rng.getstate()
-                batches = make_batches(tr_src, tr_tgt, cfg.max_tokens, py_rng)
+                batches = make_batches(tr_src, tr_tgt, cfg.max_tokens, py_rng, legacy_width=legacy_width)
             if deadline is not None:
                 frac = min(1.0, trained_s / max(deadline, 1e-9))
                 for g in opt.param_groups:
@@ -421,7 +479,7 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
             t_prev = now
             if bar is not None:
                 rate = win_chars / max(now - win_t, 1e-9)
-                bar.update(task, completed=(trained_s - (deadline - minutes * 60) if minutes else steps_this_run),
+                bar.update(task, completed=(trained_s - start_s if deadline is not None else steps_this_run),
                            info=f"step {step} ep {epoch} loss {run_loss:.3f} {rate:,.0f} tgt chars/s")
                 if now - win_t > 30:
                     win_chars, win_t = 0, now
@@ -430,5 +488,6 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
                 last_ckpt = trained_s
                 t_prev = win_t = time.perf_counter()  # validation time is not training time
                 win_chars = 0
-        checkpoint("end")
+        if ckpt_step != step:  # a periodic checkpoint on the last step already saved it
+            checkpoint("end")
     return TrainResult(out, step, trained_s, chars_total, best, n_params)
