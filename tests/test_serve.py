@@ -311,7 +311,10 @@ def test_api_key_guards_everything_but_health(translator, expected):
     app = create_app(translator, ServeConfig(max_len=MAX_LEN, api_key="s3cret"))
     with ServerThread(app) as srv, httpx.Client(base_url=srv.url(""), timeout=30) as c:
         assert c.get("/healthz").status_code == 200
-        for path in ["/", "/metrics", "/v1/status", "/openapi.json"]:
+        # The page is a static file without secrets: it loads without the key and asks for it.
+        page = c.get("/")
+        assert page.status_code == 200 and 'id="keybox"' in page.text and "s3cret" not in page.text
+        for path in ["/metrics", "/v1/status", "/openapi.json"]:
             assert c.get(path).status_code == 401, path
             assert c.get(path, headers={"X-API-Key": "wrong"}).status_code == 401
             assert c.get(path, headers={"Authorization": "Bearer s3cret"}).status_code == 200, path
@@ -1097,3 +1100,83 @@ def test_web_page_in_headless_chromium(translator, tmp_path):
     art.mkdir(exist_ok=True)
     (art / "serve_page.png").write_bytes(base64.b64decode(png))
     assert (art / "serve_page.png").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_web_page_queues_sentences_keeps_text_fits_phones_and_asks_for_the_key(translator, tmp_path):
+    """Found by a review of the page in headless Chromium: a second sentence ended while the first
+    was decoding showed the first's translation under the second's source; a refused sentence
+    lost its text; the page scrolled sideways at 375 px; with --api-key the page itself was a
+    401 with no way to enter the key."""
+    src = _long_source(translator, SOURCES)
+    want_long, want_short = translator.translate(src, max_len=MAX_LEN), translator.translate("abc", max_len=MAX_LEN)
+    plain = create_app(SlowTranslator(translator, 0.01), ServeConfig(max_len=MAX_LEN))
+    keyed = create_app(translator, ServeConfig(max_len=MAX_LEN, api_key="s3cret"))
+    profile = tmp_path / "chromium-profile"
+    with ServerThread(plain) as srv, ServerThread(keyed) as ksrv:
+        proc = subprocess.Popen([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                                 "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+                                 "--window-size=1280,900", "about:blank"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            port_file = profile / "DevToolsActivePort"
+            assert wait_for(lambda: port_file.exists() and port_file.read_text().strip(), timeout=60)
+            port = int(port_file.read_text().split()[0])
+            targets = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
+            page_ws = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+
+            async def enter(cdp):
+                for kind in ("keyDown", "keyUp"):
+                    await cdp.call("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter",
+                                   windowsVirtualKeyCode=13)
+
+            async def main():
+                async with connect(page_ws, max_size=None) as ws:
+                    cdp = CDP(ws)
+                    await cdp.call("Page.enable")
+                    await cdp.call("Page.navigate", url=srv.url("/"))
+                    await cdp.until("document.getElementById('conn').className === 'ok'")
+                    await cdp.eval("document.getElementById('src').focus()")
+                    # Two sentences, the second ended while the first is still being decoded.
+                    await cdp.call("Input.insertText", text=src)
+                    await enter(cdp)
+                    await cdp.until("document.getElementById('out').textContent.length > 0")
+                    await cdp.call("Input.insertText", text="abc")
+                    await enter(cdp)
+                    await cdp.until("document.body.dataset.done === '2'")
+                    rows = await cdp.eval("[...document.querySelectorAll('#hist tr')].map(r => "
+                                          "[r.children[0].textContent, r.children[1].textContent])")
+                    # A sentence the page cannot send keeps its text.
+                    await cdp.eval("document.getElementById('beam').value = '0'")
+                    await cdp.call("Input.insertText", text="abc")
+                    await enter(cdp)
+                    kept = await cdp.eval("[document.getElementById('src').value, "
+                                          "document.getElementById('err').textContent]")
+                    # A phone-sized screen: no sideways scrolling.
+                    await cdp.call("Emulation.setDeviceMetricsOverride", width=375, height=800, deviceScaleFactor=1,
+                                   mobile=True)
+                    await asyncio.sleep(0.3)
+                    width = await cdp.eval("document.documentElement.scrollWidth")
+                    await cdp.call("Emulation.clearDeviceMetricsOverride")
+                    # A server with a key: the page loads, asks, connects with the key typed in.
+                    await cdp.call("Page.navigate", url=ksrv.url("/"))
+                    await cdp.until("document.getElementById('keybox').classList.contains('show')")
+                    await cdp.eval("document.getElementById('key').value = 's3cret'; "
+                                   "document.getElementById('keybox').requestSubmit()")
+                    await cdp.until("document.getElementById('conn').className === 'ok'")
+                    # ?api_key= works once and leaves the address bar.
+                    await cdp.call("Page.navigate", url=ksrv.url("/?api_key=s3cret"))
+                    await cdp.until("document.getElementById('conn').className === 'ok' && location.search === ''")
+                    return rows, kept, width
+
+            rows, kept, width = run(main())
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    assert rows == [["abc", want_short], [src, want_long]]  # newest first, each with its own translation
+    assert kept[0] == "abc" and "beam must be a whole number" in kept[1]
+    assert width <= 375

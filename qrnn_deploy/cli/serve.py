@@ -18,7 +18,7 @@ def serve(bundle: str = typer.Argument(..., help="Seq2seq bundle directory (writ
           max_streams: int = typer.Option(256, "--max-streams", min=1,
                                           help="Open streams (WebSocket + HTTP) at once; more are refused (1013 / 503)."),
           api_key: Optional[str] = typer.Option(None, "--api-key", envvar="QRNN_SERVE_API_KEY",
-                                                help="Require this key on every endpoint but /healthz "
+                                                help="Require this key on every endpoint but /healthz and the page "
                                                      "(Authorization: Bearer, X-API-Key or ?api_key=)."),
           allow_origin: Optional[List[str]] = typer.Option(None, "--allow-origin",
                                                            help="A web origin (https://app.example.com, or *) whose "

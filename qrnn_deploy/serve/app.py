@@ -4,7 +4,8 @@
     uvicorn.run(app)          # or qrnn_deploy.serve.server.run_server(...), which also drains
 
 Routes: GET / (the live page), WS /v1/stream, POST /v1/translate, GET /healthz, GET /metrics,
-GET /v1/status, GET /openapi.json. Every route but /healthz needs the API key when one is set.
+GET /v1/status, GET /openapi.json. Every route but /healthz and the page (static, it asks for
+the key) needs the API key when one is set.
 """
 
 from __future__ import annotations
@@ -282,7 +283,7 @@ def create_app(model: TranslationModel, cfg: Optional[ServeConfig] = None, info:
             engine.stop()
 
     routes = [
-        Route("/", _guard(index), methods=["GET"]),
+        Route("/", index, methods=["GET"]),  # a static page without secrets: it asks for the key
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", _guard(prometheus), methods=["GET"]),
         Route("/v1/status", _guard(status), methods=["GET"]),

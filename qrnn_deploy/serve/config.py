@@ -43,7 +43,7 @@ class ServeConfig:
       (32 -> 4 ms), up to this: fewer, larger token messages when there are many streams.
       None: max(4, flush_ms); equal to flush_ms: no growth.
     drain_timeout: seconds SIGTERM waits for open streams to finish before the server stops.
-    api_key: when set, every endpoint but /healthz needs it.
+    api_key: when set, every endpoint but /healthz and the page at / needs it.
     allowed_origins: web origins (e.g. "https://app.example.com", or "*") whose pages may use the
       server besides its own page; requests of other origins are refused (serve/guard.py).
     allowed_hosts: Host names accepted on loopback connections besides loopback ones (a guard
