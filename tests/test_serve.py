@@ -7,6 +7,7 @@ in length and content, so "the same tokens as the runtime" is a real check.
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -1033,62 +1034,67 @@ class CDP:
         raise AssertionError(f"timed out waiting for {expr}")
 
 
+@contextlib.contextmanager
+def headless_chromium(tmp_path):
+    """Debian's headless Chromium on a fresh profile; yields the DevTools WebSocket URL of its page."""
+    profile = tmp_path / "chromium-profile"
+    proc = subprocess.Popen([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                             "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                             "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+                             "--window-size=1280,900", "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        port_file = profile / "DevToolsActivePort"
+        assert wait_for(lambda: port_file.exists() and port_file.read_text().strip(), timeout=60), \
+            "chromium did not open its DevTools port"
+        port = int(port_file.read_text().split()[0])
+        targets = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
+        yield next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
 def test_web_page_in_headless_chromium(translator, tmp_path):
     """Type a sentence on the page, see the tokens arrive one by one with their latency, screenshot."""
     src = _long_source(translator, SOURCES)
     want = translator.translate(src, max_len=MAX_LEN)
     app = create_app(SlowTranslator(translator, 0.02), ServeConfig(max_len=MAX_LEN))
-    profile = tmp_path / "chromium-profile"
-    with ServerThread(app) as srv:
-        proc = subprocess.Popen([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-                                 "--disable-background-networking", "--disable-component-update", "--no-first-run",
-                                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
-                                 "--window-size=1280,900", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            port_file = profile / "DevToolsActivePort"
-            assert wait_for(lambda: port_file.exists() and port_file.read_text().strip(), timeout=60), \
-                "chromium did not open its DevTools port"
-            port = int(port_file.read_text().split()[0])
-            targets = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
-            page_ws = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+    with ServerThread(app) as srv, headless_chromium(tmp_path) as page_ws:
 
-            async def main():
-                async with connect(page_ws, max_size=None) as ws:
-                    cdp = CDP(ws)
-                    await cdp.call("Page.enable")
-                    await cdp.call("Page.navigate", url=srv.url("/"))
-                    await cdp.until("document.getElementById('conn') && document.getElementById('conn').className === 'ok'")
-                    await cdp.eval("document.getElementById('src').focus()")
-                    await cdp.eval("window.arrivals = []; new MutationObserver(() => window.arrivals.push("
-                                   "[performance.now(), document.getElementById('out').children.length])).observe("
-                                   "document.getElementById('out'), {childList: true})")
-                    for piece in pieces_of(src, 3):  # typed in pieces, each sent as a source message
-                        await cdp.call("Input.insertText", text=piece)
-                        await asyncio.sleep(0.05)
-                    assert wait_for(lambda: srv.state.metrics.sessions.value() == 1)  # encoded while typing
-                    for kind in ("keyDown", "keyUp"):
-                        await cdp.call("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter",
-                                       windowsVirtualKeyCode=13)
-                    await cdp.until("document.body.dataset.done === '1'")
-                    out = await cdp.eval("document.getElementById('out').textContent")
-                    spans = await cdp.eval("[...document.querySelectorAll('#out span.tok')].map(s => s.title)")
-                    bars = await cdp.eval("document.querySelectorAll('#bars div').length")
-                    first = await cdp.eval("document.getElementById('s-first').textContent")
-                    ntok = await cdp.eval("document.body.dataset.tokens")
-                    arrivals = await cdp.eval("window.arrivals")
-                    hist = await cdp.eval("document.querySelector('#hist tr td:nth-child(2)').textContent")
-                    shot = await cdp.call("Page.captureScreenshot", format="png")
-                    return out, spans, bars, first, ntok, arrivals, hist, shot["data"]
+        async def main():
+            async with connect(page_ws, max_size=None) as ws:
+                cdp = CDP(ws)
+                await cdp.call("Page.enable")
+                await cdp.call("Page.navigate", url=srv.url("/"))
+                await cdp.until("document.getElementById('conn') && document.getElementById('conn').className === 'ok'")
+                await cdp.eval("document.getElementById('src').focus()")
+                await cdp.eval("window.arrivals = []; new MutationObserver(() => window.arrivals.push("
+                               "[performance.now(), document.getElementById('out').children.length])).observe("
+                               "document.getElementById('out'), {childList: true})")
+                for piece in pieces_of(src, 3):  # typed in pieces, each sent as a source message
+                    await cdp.call("Input.insertText", text=piece)
+                    await asyncio.sleep(0.05)
+                assert wait_for(lambda: srv.state.metrics.sessions.value() == 1)  # encoded while typing
+                for kind in ("keyDown", "keyUp"):
+                    await cdp.call("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter",
+                                   windowsVirtualKeyCode=13)
+                await cdp.until("document.body.dataset.done === '1'")
+                out = await cdp.eval("document.getElementById('out').textContent")
+                spans = await cdp.eval("[...document.querySelectorAll('#out span.tok')].map(s => s.title)")
+                bars = await cdp.eval("document.querySelectorAll('#bars div').length")
+                first = await cdp.eval("document.getElementById('s-first').textContent")
+                ntok = await cdp.eval("document.body.dataset.tokens")
+                arrivals = await cdp.eval("window.arrivals")
+                hist = await cdp.eval("document.querySelector('#hist tr td:nth-child(2)').textContent")
+                shot = await cdp.call("Page.captureScreenshot", format="png")
+                return out, spans, bars, first, ntok, arrivals, hist, shot["data"]
 
-            out, spans, bars, first, ntok, arrivals, hist, png = run(main())
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        out, spans, bars, first, ntok, arrivals, hist, png = run(main())
     assert out == hist == want
     assert len(spans) == bars >= 3 and int(ntok) == len(want) and all(" ms after the previous" in t for t in spans)
     assert float(first) > 0
@@ -1112,71 +1118,53 @@ def test_web_page_queues_sentences_keeps_text_fits_phones_and_asks_for_the_key(t
     want_long, want_short = translator.translate(src, max_len=MAX_LEN), translator.translate("abc", max_len=MAX_LEN)
     plain = create_app(SlowTranslator(translator, 0.01), ServeConfig(max_len=MAX_LEN))
     keyed = create_app(translator, ServeConfig(max_len=MAX_LEN, api_key="s3cret"))
-    profile = tmp_path / "chromium-profile"
-    with ServerThread(plain) as srv, ServerThread(keyed) as ksrv:
-        proc = subprocess.Popen([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-                                 "--disable-background-networking", "--disable-component-update", "--no-first-run",
-                                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
-                                 "--window-size=1280,900", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            port_file = profile / "DevToolsActivePort"
-            assert wait_for(lambda: port_file.exists() and port_file.read_text().strip(), timeout=60)
-            port = int(port_file.read_text().split()[0])
-            targets = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
-            page_ws = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+    with ServerThread(plain) as srv, ServerThread(keyed) as ksrv, headless_chromium(tmp_path) as page_ws:
 
-            async def enter(cdp):
-                for kind in ("keyDown", "keyUp"):
-                    await cdp.call("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter",
-                                   windowsVirtualKeyCode=13)
+        async def enter(cdp):
+            for kind in ("keyDown", "keyUp"):
+                await cdp.call("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter",
+                               windowsVirtualKeyCode=13)
 
-            async def main():
-                async with connect(page_ws, max_size=None) as ws:
-                    cdp = CDP(ws)
-                    await cdp.call("Page.enable")
-                    await cdp.call("Page.navigate", url=srv.url("/"))
-                    await cdp.until("document.getElementById('conn').className === 'ok'")
-                    await cdp.eval("document.getElementById('src').focus()")
-                    # Two sentences, the second ended while the first is still being decoded.
-                    await cdp.call("Input.insertText", text=src)
-                    await enter(cdp)
-                    await cdp.until("document.getElementById('out').textContent.length > 0")
-                    await cdp.call("Input.insertText", text="abc")
-                    await enter(cdp)
-                    await cdp.until("document.body.dataset.done === '2'")
-                    rows = await cdp.eval("[...document.querySelectorAll('#hist tr')].map(r => "
-                                          "[r.children[0].textContent, r.children[1].textContent])")
-                    # A sentence the page cannot send keeps its text.
-                    await cdp.eval("document.getElementById('beam').value = '0'")
-                    await cdp.call("Input.insertText", text="abc")
-                    await enter(cdp)
-                    kept = await cdp.eval("[document.getElementById('src').value, "
-                                          "document.getElementById('err').textContent]")
-                    # A phone-sized screen: no sideways scrolling.
-                    await cdp.call("Emulation.setDeviceMetricsOverride", width=375, height=800, deviceScaleFactor=1,
-                                   mobile=True)
-                    await asyncio.sleep(0.3)
-                    width = await cdp.eval("document.documentElement.scrollWidth")
-                    await cdp.call("Emulation.clearDeviceMetricsOverride")
-                    # A server with a key: the page loads, asks, connects with the key typed in.
-                    await cdp.call("Page.navigate", url=ksrv.url("/"))
-                    await cdp.until("document.getElementById('keybox').classList.contains('show')")
-                    await cdp.eval("document.getElementById('key').value = 's3cret'; "
-                                   "document.getElementById('keybox').requestSubmit()")
-                    await cdp.until("document.getElementById('conn').className === 'ok'")
-                    # ?api_key= works once and leaves the address bar.
-                    await cdp.call("Page.navigate", url=ksrv.url("/?api_key=s3cret"))
-                    await cdp.until("document.getElementById('conn').className === 'ok' && location.search === ''")
-                    return rows, kept, width
+        async def main():
+            async with connect(page_ws, max_size=None) as ws:
+                cdp = CDP(ws)
+                await cdp.call("Page.enable")
+                await cdp.call("Page.navigate", url=srv.url("/"))
+                await cdp.until("document.getElementById('conn').className === 'ok'")
+                await cdp.eval("document.getElementById('src').focus()")
+                # Two sentences, the second ended while the first is still being decoded.
+                await cdp.call("Input.insertText", text=src)
+                await enter(cdp)
+                await cdp.until("document.getElementById('out').textContent.length > 0")
+                await cdp.call("Input.insertText", text="abc")
+                await enter(cdp)
+                await cdp.until("document.body.dataset.done === '2'")
+                rows = await cdp.eval("[...document.querySelectorAll('#hist tr')].map(r => "
+                                      "[r.children[0].textContent, r.children[1].textContent])")
+                # A sentence the page cannot send keeps its text.
+                await cdp.eval("document.getElementById('beam').value = '0'")
+                await cdp.call("Input.insertText", text="abc")
+                await enter(cdp)
+                kept = await cdp.eval("[document.getElementById('src').value, "
+                                      "document.getElementById('err').textContent]")
+                # A phone-sized screen: no sideways scrolling.
+                await cdp.call("Emulation.setDeviceMetricsOverride", width=375, height=800, deviceScaleFactor=1,
+                               mobile=True)
+                await asyncio.sleep(0.3)
+                width = await cdp.eval("document.documentElement.scrollWidth")
+                await cdp.call("Emulation.clearDeviceMetricsOverride")
+                # A server with a key: the page loads, asks, connects with the key typed in.
+                await cdp.call("Page.navigate", url=ksrv.url("/"))
+                await cdp.until("document.getElementById('keybox').classList.contains('show')")
+                await cdp.eval("document.getElementById('key').value = 's3cret'; "
+                               "document.getElementById('keybox').requestSubmit()")
+                await cdp.until("document.getElementById('conn').className === 'ok'")
+                # ?api_key= works once and leaves the address bar.
+                await cdp.call("Page.navigate", url=ksrv.url("/?api_key=s3cret"))
+                await cdp.until("document.getElementById('conn').className === 'ok' && location.search === ''")
+                return rows, kept, width
 
-            rows, kept, width = run(main())
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        rows, kept, width = run(main())
     assert rows == [["abc", want_short], [src, want_long]]  # newest first, each with its own translation
     assert kept[0] == "abc" and "beam must be a whole number" in kept[1]
     assert width <= 375
