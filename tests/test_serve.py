@@ -1116,7 +1116,8 @@ def test_web_page_queues_sentences_keeps_text_fits_phones_and_asks_for_the_key(t
     401 with no way to enter the key."""
     src = _long_source(translator, SOURCES)
     want_long, want_short = translator.translate(src, max_len=MAX_LEN), translator.translate("abc", max_len=MAX_LEN)
-    plain = create_app(SlowTranslator(translator, 0.01), ServeConfig(max_len=MAX_LEN))
+    plain = create_app(SlowTranslator(translator, 0.01), ServeConfig(max_len=MAX_LEN, max_message_bytes=1024,
+                                                                       max_source_chars=300))
     keyed = create_app(translator, ServeConfig(max_len=MAX_LEN, api_key="s3cret"))
     with ServerThread(plain) as srv, ServerThread(keyed) as ksrv, headless_chromium(tmp_path) as page_ws:
 
@@ -1147,6 +1148,18 @@ def test_web_page_queues_sentences_keeps_text_fits_phones_and_asks_for_the_key(t
                 await enter(cdp)
                 kept = await cdp.eval("[document.getElementById('src').value, "
                                       "document.getElementById('err').textContent]")
+                # Characters are counted as the server counts them (code points, not UTF-16 units),
+                # and pieces fit --max-message-bytes even where JSON escapes them to 6 bytes.
+                await cdp.eval("document.getElementById('beam').value = ''")
+                await cdp.eval("document.getElementById('clear').click()")
+                await cdp.call("Input.insertText", text="ab" + "\U0001F600" * 200)
+                emoji_err = await cdp.eval("document.getElementById('err').textContent")
+                await cdp.eval("document.getElementById('clear').click()")
+                before = srv.state.metrics.errors.value(kind="too_large")
+                await cdp.call("Input.insertText", text="\u0001" * 250)
+                await asyncio.sleep(1.0)
+                too_large = srv.state.metrics.errors.value(kind="too_large") - before
+                await cdp.eval("document.getElementById('clear').click()")
                 # A phone-sized screen: no sideways scrolling.
                 await cdp.call("Emulation.setDeviceMetricsOverride", width=375, height=800, deviceScaleFactor=1,
                                mobile=True)
@@ -1162,9 +1175,10 @@ def test_web_page_queues_sentences_keeps_text_fits_phones_and_asks_for_the_key(t
                 # ?api_key= works once and leaves the address bar.
                 await cdp.call("Page.navigate", url=ksrv.url("/?api_key=s3cret"))
                 await cdp.until("document.getElementById('conn').className === 'ok' && location.search === ''")
-                return rows, kept, width
+                return rows, kept, width, emoji_err, too_large
 
-        rows, kept, width = run(main())
+        rows, kept, width, emoji_err, too_large = run(main())
     assert rows == [["abc", want_short], [src, want_long]]  # newest first, each with its own translation
     assert kept[0] == "abc" and "beam must be a whole number" in kept[1]
     assert width <= 375
+    assert emoji_err == "" and too_large == 0

@@ -146,3 +146,40 @@ def test_config_checks_and_connection_bound():
     # Connections that did not arrive on loopback are not held to loopback host names.
     scope = {"headers": [(b"host", b"mybox.lan:8000")], "server": ("192.168.1.5", 8000)}
     assert refusal(scope) == ()
+
+
+def test_ip_literal_hosts_and_requests_without_host_are_not_refused():
+    """Rebinding needs a DNS name: IP literals (http://0.0.0.0:PORT, which uvicorn prints),
+    localhost. and HTTP/1.0 requests without a Host header were refused with 403."""
+    loop = ("127.0.0.1", 8000)
+    for host in (b"0.0.0.0:8000", b"[::ffff:127.0.0.1]:8000", b"localhost.:8000", b"192.168.1.4:8000", b"[::]:8000"):
+        assert refusal({"headers": [(b"host", host)], "server": loop}) == (), host
+    assert refusal({"headers": [], "server": loop}) == ()
+    assert refusal({"headers": [(b"host", b"evil.example.:8000")], "server": loop})[0] == "forbidden_host"
+    assert refusal({"headers": [(b"host", b"MyBox.:8000")], "server": loop}, allowed_hosts=("mybox",)) == ()
+
+
+def test_allowed_origins_may_use_the_http_api_from_their_pages(translator):
+    """--allow-origin admitted WebSockets only: fetch() from the allowed site failed its CORS
+    preflight (405) and could not read responses."""
+    cfg = ServeConfig(max_len=MAX_LEN, allowed_origins=("https://app.example.com",), api_key="k")
+    with ServerThread(create_app(translator, cfg)) as srv:
+        pre = httpx.options(srv.url("/v1/translate"), timeout=30, headers={
+            "Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        assert pre.status_code == 204 and pre.headers["access-control-allow-origin"] == "https://app.example.com"
+        assert "Authorization" in pre.headers["access-control-allow-headers"]
+        r = httpx.post(srv.url("/v1/translate"), json={"text": "abc"}, timeout=30,
+                       headers={"Origin": "https://app.example.com", "Authorization": "Bearer k"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example.com"
+        r = httpx.post(srv.url("/v1/translate"), json={"text": "abc"}, timeout=30, headers={"Authorization": "Bearer k"})
+        assert r.status_code == 200 and "access-control-allow-origin" not in r.headers  # not a cross-origin call
+        r = httpx.options(srv.url("/v1/translate"), timeout=30, headers={"Origin": "https://evil.example"})
+        assert r.status_code == 403
+
+
+def test_a_percent_encoded_key_name_is_redacted_too():
+    f = _RedactApiKey()
+    rec = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d',
+                            ("127.0.0.1:5", "GET", "/v1/status?api%5Fkey=s3cret&API_K%65Y=x2", "1.1", 200), None)
+    assert f.filter(rec) and "s3cret" not in rec.getMessage() and "x2" not in rec.getMessage()

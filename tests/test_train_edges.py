@@ -112,3 +112,31 @@ def test_resume_with_a_foreign_model_type_is_a_checkpoint_error(tiny_dict, tmp_p
     save_checkpoint(QRNNLanguageModel(10, 4, 4, 1), tmp_path / "last.safetensors", extra=extra)
     with pytest.raises(CheckpointError, match="holds a language_model model"):
         _train(splits, tmp_path, max_steps=1, resume=True)
+
+
+def test_resume_with_steps_keeps_the_saved_end(tiny_dict, tmp_path):
+    """--resume --steps N wrote deadline_s: null, so a later plain --resume restarted the curve."""
+    splits = load_splits(tiny_dict)
+    _train(splits, tmp_path, minutes=60, max_steps=2)
+    _train(splits, tmp_path, max_steps=1, resume=True)
+    assert read_train_state_info(tmp_path)["deadline_s"] == pytest.approx(3600.0)
+
+
+def test_a_commit_cut_between_its_renames_is_finished_on_resume(tiny_dict, tmp_path, monkeypatch):
+    """The process died after last.safetensors and state.safetensors were moved in, before
+    state.json: the staged state.json matches the new last.safetensors and is rolled forward."""
+    splits = load_splits(tiny_dict)
+    _train(splits, tmp_path, max_steps=2)
+    real = train_mod.commit_staged
+
+    def die_before_state_json(out, names):
+        real(out, [n for n in names if n != "state.json"])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "commit_staged", die_before_state_json)
+    with pytest.raises(KeyboardInterrupt):
+        _train(splits, tmp_path, max_steps=1, resume=True)
+    monkeypatch.setattr(train_mod, "commit_staged", real)
+    assert (tmp_path / "state.json.new").is_file() and read_train_state_info(tmp_path)["step"] == 2
+    res = _train(splits, tmp_path, max_steps=1, resume=True)  # was: "last.safetensors is at step 3 ..."
+    assert res.steps == 4 and not list(tmp_path.glob("*.new"))

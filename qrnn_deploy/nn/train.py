@@ -133,6 +133,27 @@ def commit_staged(out: Path, names: Sequence[str]) -> None:
         (out / (name + STAGED)).replace(out / name)
 
 
+def recover_staged(out: Path) -> None:
+    """Finishes or drops a checkpoint whose commit was cut short (the process died between the
+    renames): staged files whose state.json.new matches the step of last.safetensors are moved
+    in (state.json last); otherwise the staged files are dropped and the old checkpoint stands."""
+    staged_json = out / ("state.json" + STAGED)
+    if not staged_json.is_file():
+        discard_staged(out)
+        return
+    from qrnn_deploy.nn.checkpoint import read_checkpoint_metadata
+
+    try:
+        step = json.loads(staged_json.read_text(encoding="utf-8")).get("step")
+        last_step = read_checkpoint_metadata(out / "last.safetensors")["extra"].get("steps")
+    except (OSError, ValueError, QRNNError, AttributeError):
+        step, last_step = None, "unknown"
+    if step is not None and step == last_step:
+        commit_staged(out, [n for n in RUN_FILES if (out / (n + STAGED)).is_file()])
+    else:
+        discard_staged(out)
+
+
 def discard_staged(out: Path) -> None:
     for name in RUN_FILES:
         try:
@@ -312,6 +333,7 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
     if resume:
         if not (out / "last.safetensors").is_file():
             raise CheckpointError(f"--resume: {out / 'last.safetensors'} does not exist; start without --resume")
+        recover_staged(out)
         read_train_state_info(out)  # a damaged state fails now, not after the data is prepared
         model = load_checkpoint(out / "last.safetensors").train()
         if model.model_type != "seq2seq":
@@ -381,7 +403,8 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
     if minutes is not None:
         deadline = trained_s + minutes * 60.0
     elif max_steps is not None:
-        deadline = None
+        # A stop after N steps keeps the run's curve and its end (when it has one ahead).
+        deadline = saved_deadline if saved_deadline is not None and saved_deadline > trained_s else None
     elif saved_deadline is not None and saved_deadline > trained_s:
         deadline = saved_deadline
         log(f"resuming to the run's end: {(deadline - trained_s) / 60:.1f} more training minutes")

@@ -76,19 +76,28 @@ class _InvalidUtf8Frame(logging.Filter):
 
 class _RedactApiKey(logging.Filter):
     """uvicorn logs each WebSocket's path with its query string, and the page sends the API key
-    as `?api_key=` (browsers cannot set headers on a WebSocket): the key would be in every log."""
+    as `?api_key=` (browsers cannot set headers on a WebSocket): the key would be in every log.
+    A query parameter whose name decodes to api_key (any case, any percent-encoding, as the
+    server reads it) gets the value ***."""
 
-    PATTERN = re.compile(r"(api_key=)[^&\s\"']*", re.IGNORECASE)
+    PARAM = re.compile(r"([?&])([^=&\s\"'#]*)=([^&\s\"'#]*)")
+
+    @classmethod
+    def redact(cls, text: str) -> str:
+        from urllib.parse import unquote_plus
+
+        if "=" not in text:
+            return text
+        return cls.PARAM.sub(lambda m: f"{m[1]}{m[2]}=***" if unquote_plus(m[2]).lower() == "api_key" else m[0], text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         # The arguments are redacted in place: uvicorn's access formatter unpacks them.
         if isinstance(record.msg, str):
-            record.msg = self.PATTERN.sub(r"\1***", record.msg)
+            record.msg = self.redact(record.msg)
         if isinstance(record.args, tuple):
-            record.args = tuple(self.PATTERN.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+            record.args = tuple(self.redact(a) if isinstance(a, str) else a for a in record.args)
         elif isinstance(record.args, dict):
-            record.args = {k: self.PATTERN.sub(r"\1***", a) if isinstance(a, str) else a
-                           for k, a in record.args.items()}
+            record.args = {k: self.redact(a) if isinstance(a, str) else a for k, a in record.args.items()}
         return True
 
 
