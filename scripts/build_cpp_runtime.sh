@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the C++ streaming runtime (runtime/, one CMake build) into runtime/build/:
-#   libqrnn_runtime.a, qrnn_translate, qrnn_stream_bench, qrnn_stream_check
+#   libqrnn_runtime.a, qrnn_translate, qrnn_stream, qrnn_stream_bench, qrnn_stream_check
 #
 # onnxruntime headers: QRNN_ORT_INCLUDE_DIR when set, otherwise the ones the plugin build used
 # (scripts/build_plugins.sh finds or fetches them; it is run here when it has not been).
@@ -62,4 +62,4 @@ cmake -S "$ROOT/runtime" -B "$BUILD" "${generator[@]}" -DCMAKE_BUILD_TYPE=Releas
   -DQRNN_DEFAULT_TRT_PLUGIN_LIBRARY="$trt_plugin" \
   ${QRNN_RUNTIME_CMAKE_ARGS:-} >/dev/null || die "cmake configure failed: rerun it without >/dev/null to see why"
 nice cmake --build "$BUILD" -j "${QRNN_JOBS:-2}" >/dev/null || die "compile failed: rerun 'cmake --build $BUILD' to see the errors"
-echo "build_cpp_runtime: built qrnn_translate qrnn_stream_bench qrnn_stream_check in $BUILD (onnxruntime $lib)"
+echo "build_cpp_runtime: built qrnn_translate qrnn_stream qrnn_stream_bench qrnn_stream_check in $BUILD (onnxruntime $lib)"

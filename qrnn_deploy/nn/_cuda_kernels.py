@@ -7,9 +7,9 @@ surrounding PyTorch work and nothing synchronises. Building takes seconds (one .
 one architecture of the device) and is cached under `$QRNN_CACHE_DIR` (default
 ~/.cache/qrnn-deploy), keyed by the sources, the nvcc version and the architecture.
 
-When no kernel can be had (no nvcc, a failed build, `QRNN_CUDA_KERNELS=0`), `forward` and
-`backward` return None, one warning line says why (once per process), and fo_pool runs its
-PyTorch path instead. float16 / bfloat16 gates are computed in float32 as everywhere.
+When no kernel can be had (no nvcc, a failed build), `forward` and `backward` return None, one
+warning line says why (once per process), and fo_pool runs its PyTorch path instead;
+`QRNN_CUDA_KERNELS=0` chooses that path without a warning. float16 / bfloat16 gates are computed in float32 as everywhere.
 """
 
 from __future__ import annotations

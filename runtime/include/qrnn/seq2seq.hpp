@@ -97,8 +97,8 @@ class Translator {
   DType mask_dtype_ = DType::Float32;
 };
 
-// Helpers shared by the decoders: StreamError unless `src` is one non-empty encoded source of
-// `layers` layers; the float32 logits of row `row`'s last step of logits [B, Tc, V].
+// Helpers shared by the decoders: ConfigError for an empty source, StreamError unless `src` is
+// one encoded source of `layers` layers; the float32 logits of row `row`'s last step of logits [B, Tc, V].
 void check_encoded(const Encoded& src, std::size_t layers);
 const float* last_step_logits(const Tensor& logits, int64_t row, std::vector<float>& scratch);
 
