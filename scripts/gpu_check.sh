@@ -25,8 +25,8 @@ python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_gpu.py 2>&1 | ta
 python3 scripts/gpu_check.py --out "$OUT_DIR" || status=1
 
 # Issue 7 on a bigger CPU (the device machine has 16 cores; ours 2): the server's batching ratio.
-# Needs uvicorn, starlette and websockets, which that machine lacks: carry them as wheels in .whl/
-# (DEVELOPERS.md says how). Informational: it does not change the exit status.
+# Needs uvicorn, starlette, websockets and httpx (and their dependencies), which that machine lacks: carry
+# them as wheels in .whl/ (DEVELOPERS.md says how). Informational: it does not change the exit status.
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/serve-site .whl/*.whl \
     && export PYTHONPATH=$PYTHONPATH:/tmp/serve-site
