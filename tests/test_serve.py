@@ -1119,7 +1119,10 @@ def test_web_page_queues_sentences_keeps_text_fits_phones_and_asks_for_the_key(t
     plain = create_app(SlowTranslator(translator, 0.01), ServeConfig(max_len=MAX_LEN, max_message_bytes=1024,
                                                                        max_source_chars=300))
     keyed = create_app(translator, ServeConfig(max_len=MAX_LEN, api_key="s3cret"))
-    with ServerThread(plain) as srv, ServerThread(keyed) as ksrv, headless_chromium(tmp_path) as page_ws:
+    failing_tr = FailingTranslator(translator, ok=0)
+    failing = create_app(failing_tr, ServeConfig(max_len=MAX_LEN))
+    with ServerThread(plain) as srv, ServerThread(keyed) as ksrv, ServerThread(failing) as fsrv, \
+            headless_chromium(tmp_path) as page_ws:
 
         async def enter(cdp):
             for kind in ("keyDown", "keyUp"):
@@ -1166,6 +1169,20 @@ def test_web_page_queues_sentences_keeps_text_fits_phones_and_asks_for_the_key(t
                 await asyncio.sleep(0.3)
                 width = await cdp.eval("document.documentElement.scrollWidth")
                 await cdp.call("Emulation.clearDeviceMetricsOverride")
+                # A translation that fails on the server leaves the queue and gives its text back;
+                # the next one is shown under its own source.
+                await cdp.call("Page.navigate", url=fsrv.url("/"))
+                await cdp.until("document.getElementById('conn').className === 'ok'")
+                await cdp.eval("document.getElementById('src').focus()")
+                await cdp.call("Input.insertText", text="abc")
+                await enter(cdp)
+                await cdp.until("document.getElementById('err').textContent.includes('simulated')")
+                failed_box = await cdp.eval("document.getElementById('src').value")
+                failing_tr.ok = 10 ** 6
+                await enter(cdp)
+                await cdp.until("document.body.dataset.done === '1'")
+                failed_rows = await cdp.eval("[...document.querySelectorAll('#hist tr')].map(r => "
+                                             "[r.children[0].textContent, r.children[1].textContent])")
                 # A server with a key: the page loads, asks, connects with the key typed in.
                 await cdp.call("Page.navigate", url=ksrv.url("/"))
                 await cdp.until("document.getElementById('keybox').classList.contains('show')")
@@ -1175,10 +1192,11 @@ def test_web_page_queues_sentences_keeps_text_fits_phones_and_asks_for_the_key(t
                 # ?api_key= works once and leaves the address bar.
                 await cdp.call("Page.navigate", url=ksrv.url("/?api_key=s3cret"))
                 await cdp.until("document.getElementById('conn').className === 'ok' && location.search === ''")
-                return rows, kept, width, emoji_err, too_large
+                return rows, kept, width, emoji_err, too_large, failed_box, failed_rows
 
-        rows, kept, width, emoji_err, too_large = run(main())
+        rows, kept, width, emoji_err, too_large, failed_box, failed_rows = run(main())
     assert rows == [["abc", want_short], [src, want_long]]  # newest first, each with its own translation
     assert kept[0] == "abc" and "beam must be a whole number" in kept[1]
     assert width <= 375
     assert emoji_err == "" and too_large == 0
+    assert failed_box == "abc" and failed_rows == [["abc", want_short]]
