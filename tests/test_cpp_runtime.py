@@ -458,3 +458,11 @@ def test_translate_strips_every_trailing_carriage_return_like_python(programs, b
     lines = ["abc", "abc\r", "abc\r\r"]
     out = translate_ids(programs, bundles["custom"], sources=lines)
     assert out[0] == out[1] == out[2]
+
+
+def test_stream_check_without_bundle_is_an_error_line_on_stderr(programs):
+    r = run(programs["qrnn_stream_check"])
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.startswith("qrnn_stream_check: expected one BUNDLE")
+    assert r.stderr.count("\n") == 1
+    r = run(programs["qrnn_stream_check"], "--help")
+    assert r.returncode == 0 and r.stdout.startswith("usage: qrnn_stream_check BUNDLE")

@@ -155,8 +155,11 @@ int run(int argc, char** argv) {
   using qrnn_examples::UsageError;
   Args args(argc, argv, {"--seed", "--len", "--tol", "--threads", "--custom-op-library"}, {});
   if (args.help || args.positional.size() != 1) {
-    std::cout << "usage: qrnn_stream_check BUNDLE [--seed S] [--len T] [--tol X] [--threads N] "
-                 "[--custom-op-library PATH]\n";
+    // --help: the usage on stdout; a missing BUNDLE is an error line on stderr, as elsewhere.
+    (args.help ? std::cout : std::cerr)
+        << (args.help ? "" : "qrnn_stream_check: expected one BUNDLE argument; ")
+        << "usage: qrnn_stream_check BUNDLE [--seed S] [--len T] [--tol X] [--threads N] "
+           "[--custom-op-library PATH]\n";
     return args.help ? 0 : 2;
   }
   std::mt19937 rng(static_cast<unsigned>(args.integer("--seed", 0, 0, 1L << 30)));
