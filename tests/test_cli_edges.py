@@ -289,7 +289,7 @@ def test_ctrl_c_says_interrupted(tmp_path, capsys, monkeypatch):
 
 def test_loopback_hosts_are_recognised():
     """The no-API-key warning fired for 127.0.0.2 (only three exact strings counted as loopback)."""
-    from qrnn_deploy.cli.serve import is_loopback
+    from qrnn_deploy.serve.guard import is_loopback_host as is_loopback  # what `serve` asks
 
     for host in ("127.0.0.1", "127.0.0.2", "127.255.0.9", "::1", "[::1]", "localhost", "LOCALHOST"):
         assert is_loopback(host), host

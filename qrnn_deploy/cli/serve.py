@@ -85,19 +85,9 @@ def serve(bundle: str = typer.Argument(..., help="Seq2seq bundle directory (writ
                       flush_max_ms=flush_max_ms,
                       drain_timeout=drain_timeout, api_key=api_key, allowed_origins=tuple(allow_origin or ()),
                       allowed_hosts=tuple(allow_host or ())).validate()
-    if not is_loopback(host) and api_key is None:
+    from qrnn_deploy.serve.guard import is_loopback_host
+
+    if not is_loopback_host(host) and api_key is None:
         typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
     run_server(bundle, cfg, host=host, port=port, threads=threads, backend=backend, log_level=log_level.lower(),
                access_log=access_log, switch_interval=switch_interval_ms / 1000)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding `host` serves this machine only (127.0.0.0/8, ::1, localhost)."""
-    import ipaddress
-
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:  # a host name: it may resolve anywhere
-        return False

@@ -144,13 +144,18 @@ def parse_line(line: str, stats: Optional[ParseStats] = None) -> list[tuple[str,
     return out
 
 
-def parse_lines(lines: Iterable[str], stats: Optional[ParseStats] = None) -> list[tuple[str, str]]:
-    """All pairs of `lines`, duplicates removed (first occurrence kept, file order)."""
+def parse_lines(lines: Iterable[str], stats: Optional[ParseStats] = None,
+                line_sources: Optional[list] = None) -> list[tuple[str, str]]:
+    """All pairs of `lines`, duplicates removed (first occurrence kept, file order). With
+    `line_sources` (a list), also appends the sorted German strings of each line that gave pairs."""
     st = stats if stats is not None else ParseStats()
     seen: set[tuple[str, str]] = set()
     out = []
     for line in lines:
-        for p in parse_line(line, st):
+        pairs = parse_line(line, st)
+        if line_sources is not None and pairs:
+            line_sources.append(tuple(sorted({d for d, _ in pairs})))
+        for p in pairs:
             if p in seen:
                 st.duplicates += 1
                 continue
@@ -174,26 +179,30 @@ def dictionary_path(path=None) -> Path:
     return p
 
 
-_CACHE: dict = {}
+_CACHE: dict = {}  # file key -> (pairs, line sources): one parse serves both
 
 
-def load_pairs(path=None, stats: Optional[ParseStats] = None) -> list[tuple[str, str]]:
-    """Every clean (German, English) pair of the dictionary at `path` (default: the installed one)."""
+def _load(path, stats: Optional[ParseStats] = None) -> tuple:
     p = dictionary_path(path)
     key = (str(p), p.stat().st_mtime_ns, p.stat().st_size)
     if key in _CACHE and stats is None:
         return _CACHE[key]
+    lines: list = []
     with open(p, encoding="utf-8", errors="replace") as f:
-        pairs = parse_lines(f, stats)
+        pairs = parse_lines(f, stats, lines)
     if not pairs:
         if p.stat().st_size == 0:
             raise DataError(f"data file {p} is empty")
         raise DataError(f"{p} holds no German :: English pairs (is it the trans-de-en dictionary?)")
-    _CACHE[key] = pairs
-    return pairs
+    if len(_CACHE) >= 4:  # a few files at most (the installed one is ~100 MB parsed)
+        _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[key] = (pairs, lines)
+    return pairs, lines
 
 
-_LINES_CACHE: dict = {}
+def load_pairs(path=None, stats: Optional[ParseStats] = None) -> list[tuple[str, str]]:
+    """Every clean (German, English) pair of the dictionary at `path` (default: the installed one)."""
+    return _load(path, stats)[0]
 
 
 def load_line_sources(path=None) -> list[tuple[str, ...]]:
@@ -201,20 +210,9 @@ def load_line_sources(path=None) -> list[tuple[str, ...]]:
 
     The sub-entries of one line are forms of one headword (singular | plural, `;` synonyms,
     spelling variants); `unseen_sources` uses them to find test sources none of whose line
-    siblings were trained on.
+    siblings were trained on. Read in the same pass as `load_pairs` (and cached with it).
     """
-    p = dictionary_path(path)
-    key = (str(p), p.stat().st_mtime_ns, p.stat().st_size)
-    if key not in _LINES_CACHE:
-        out = []
-        with open(p, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                germans = tuple(sorted({d for d, _ in parse_line(line)}))
-                if germans:
-                    out.append(germans)
-        _LINES_CACHE.clear()
-        _LINES_CACHE[key] = out
-    return _LINES_CACHE[key]
+    return _load(path)[1]
 
 
 _NON_WORD = re.compile(r"[\W_]+")
