@@ -183,3 +183,58 @@ def test_a_percent_encoded_key_name_is_redacted_too():
     rec = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d',
                             ("127.0.0.1:5", "GET", "/v1/status?api%5Fkey=s3cret&API_K%65Y=x2", "1.1", 200), None)
     assert f.filter(rec) and "s3cret" not in rec.getMessage() and "x2" not in rec.getMessage()
+
+
+def _read_until_closed(s: socket.socket, limit: float) -> tuple:
+    """(bytes read, seconds) until the server closes the connection or `limit` passes."""
+    t0, reply = time.monotonic(), b""
+    s.settimeout(limit)
+    try:
+        while True:
+            part = s.recv(65536)
+            if not part:
+                break
+            reply += part
+    except socket.timeout:
+        pass
+    return reply, time.monotonic() - t0
+
+
+def test_connections_that_never_send_a_whole_head_are_closed(translator):
+    """uvicorn has no deadline for a request's head: silent or trickling connections were held for
+    ever (enough of them fill limit_concurrency, and every new client gets 503)."""
+    cfg = ServeConfig(max_len=MAX_LEN, header_timeout=0.5)
+    with ServerThread(create_app(translator, cfg)) as srv:
+        addr = ("127.0.0.1", srv.port)
+        with socket.create_connection(addr) as silent, socket.create_connection(addr) as partial:
+            partial.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # no blank line: never ends
+            reply, took = _read_until_closed(silent, 10)
+            assert reply == b"" and took < 5  # closed with nothing said: nothing was asked
+            reply, took = _read_until_closed(partial, 10)
+            assert reply.startswith(b"HTTP/1.1 408") and b"did not come in time" in reply and took < 5
+        # Kept alive: a request in time is answered; the next head has its own deadline.
+        with socket.create_connection(addr) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            time.sleep(0.3)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            reply, took = _read_until_closed(s, 10)
+            assert reply.startswith(b"HTTP/1.1 200") and reply.count(b"HTTP/1.1 408") == 1 and took < 5
+        # A WebSocket and an HTTP request that outlast the deadline are not cut by it.
+
+        async def main():
+            async with connect(srv.ws_url()) as ws:
+                await asyncio.sleep(1.2)
+                await ws.send(json.dumps({"type": "source", "text": "abc"}))
+                await ws.send(json.dumps({"type": "end"}))
+                while (await recv(ws))["type"] != "done":
+                    pass
+        run(main())
+        with socket.create_connection(addr) as s:  # its body comes slowly, within send_timeout
+            s.sendall(b"POST /v1/translate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 15\r\nConnection: close\r\n\r\n{\"text\":")
+            time.sleep(1.2)
+            s.sendall(b" \"abc\"}")
+            reply, _ = _read_until_closed(s, 20)
+            assert reply.startswith(b"HTTP/1.1 200") and b"\"text\"" in reply, reply[:300]
+    with pytest.raises(ConfigError, match="header_timeout"):
+        ServeConfig(header_timeout=0).validate()

@@ -43,6 +43,10 @@ def serve(bundle: str = typer.Argument(..., help="Seq2seq bundle directory (writ
           send_timeout: float = typer.Option(30.0, "--send-timeout",
                                              help="Seconds a message may wait for a client that does not read; "
                                                   "then the connection is dropped."),
+          header_timeout: float = typer.Option(10.0, "--header-timeout",
+                                               help="Seconds a connection may take to send a request's headers "
+                                                    "(from its opening or its previous response); then it is "
+                                                    "closed (408)."),
           max_queued_sentences: int = typer.Option(4, "--max-queued-sentences", min=1,
                                                    help="Sentences one WebSocket may have ended and not yet "
                                                         "received; more are refused."),
@@ -80,6 +84,7 @@ def serve(bundle: str = typer.Argument(..., help="Seq2seq bundle directory (writ
     cfg = ServeConfig(beam=beam, max_beam=max(8, beam) if max_beam is None else max_beam, max_len=max_len, length_penalty=length_penalty,
                       max_streams=max_streams, max_message_bytes=max_message_bytes,
                       max_source_chars=max_source_chars, idle_timeout=idle_timeout, send_timeout=send_timeout,
+                      header_timeout=header_timeout,
                       max_queued_sentences=max_queued_sentences, batch_wait_ms=batch_wait_ms,
                       max_batch_rows=max_batch_rows, flush_ms=flush_ms,
                       flush_max_ms=flush_max_ms,

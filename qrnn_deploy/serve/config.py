@@ -31,6 +31,10 @@ class ServeConfig:
     send_timeout: seconds a message to a client may wait for the client to read (its socket
       buffers full); then the connection is dropped and its translations freed, so a client that
       stops reading cannot hold a stream slot.
+    header_timeout: seconds a connection may take to send a request's head (method, path,
+      headers), counted from its opening or from the end of its previous response; then it is
+      closed (with 408 if part of a head came), so silent or trickling clients cannot hold
+      connections.
     max_queued_sentences: sentences one WebSocket may have ended and not yet received in full;
       one more is refused (so a client that sends without reading cannot take the whole engine).
     batch_wait_ms: how long the engine waits for more translations to start before their first
@@ -59,6 +63,7 @@ class ServeConfig:
     max_source_chars: int = DEFAULT_MAX_SOURCE_CHARS
     idle_timeout: float = 60.0
     send_timeout: float = 30.0
+    header_timeout: float = 10.0
     max_queued_sentences: int = 4
     batch_wait_ms: float = 1.0
     max_batch_rows: int = 512
@@ -85,6 +90,7 @@ class ServeConfig:
              f"max_queued_sentences must be >= 1, got {self.max_queued_sentences}"),
             (self.idle_timeout > 0, f"idle_timeout must be > 0 seconds, got {self.idle_timeout}"),
             (self.send_timeout > 0, f"send_timeout must be > 0 seconds, got {self.send_timeout}"),
+            (self.header_timeout > 0, f"header_timeout must be > 0 seconds, got {self.header_timeout}"),
             (0 <= self.batch_wait_ms <= 100, f"batch_wait_ms must be in [0, 100], got {self.batch_wait_ms}"),
             (self.max_batch_rows >= self.max_beam,
              f"max_batch_rows ({self.max_batch_rows}) must be >= max_beam ({self.max_beam})"),

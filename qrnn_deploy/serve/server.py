@@ -109,6 +109,69 @@ def _install_log_filters() -> None:
             logger.addFilter(kind())
 
 
+_HEAD_TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                          b"content-length: 42\r\nconnection: close\r\n\r\n"
+                          b"the request's headers did not come in time")
+
+
+def head_timeout_protocol(seconds: float) -> type:
+    """uvicorn's HTTP/1.1 protocol (httptools where installed, else h11: what uvicorn's "auto"
+    takes) with a deadline for each request's head. uvicorn has none: a connection that opens and
+    sends nothing, or trickles its headers, is held for ever, and enough of them fill
+    `limit_concurrency` so that every new client gets 503.
+
+    The deadline runs from the connection's opening and from the end of each response (the next
+    request on a kept-alive connection); the head must be complete by then, or the connection is
+    closed, after a 408 when part of a head came. A request whose head came is not timed here
+    (its body has `send_timeout`, its response the app's own limits); a connection upgraded to a
+    WebSocket is no longer this protocol's."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class HeadTimeoutProtocol(AutoHTTPProtocol):
+        _head_timer: Optional[asyncio.TimerHandle] = None
+        _head_bytes = False
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm_head_deadline()
+
+        def data_received(self, data: bytes) -> None:
+            self._head_bytes = self._head_bytes or bool(data)
+            super().data_received(data)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_head_deadline()
+
+        def connection_lost(self, exc) -> None:
+            self._cancel_head_deadline()
+            super().connection_lost(exc)
+
+        def _cancel_head_deadline(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _arm_head_deadline(self) -> None:
+            self._cancel_head_deadline()
+            if self.transport.is_closing():
+                return
+            self._head_bytes = False
+            self._head_timer = asyncio.get_running_loop().call_later(seconds, self._head_deadline, self.cycle)
+
+        def _head_deadline(self, cycle) -> None:
+            self._head_timer = None
+            transport = self.transport
+            # A new cycle means a head came in time; another protocol means a WebSocket took over.
+            if transport.is_closing() or self.cycle is not cycle or transport.get_protocol() is not self:
+                return
+            if self._head_bytes:
+                transport.write(_HEAD_TIMEOUT_RESPONSE)
+            transport.close()
+
+    return HeadTimeoutProtocol
+
+
 def uvicorn_config(app, cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000,
                    log_level: str = "info", access_log: bool = False) -> uvicorn.Config:
     # The app answers over-size messages with an error and keeps the connection; frames far over
@@ -119,10 +182,9 @@ def uvicorn_config(app, cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
                             lifespan="on", loop="asyncio", ws="websockets-sansio",
                             ws_max_size=max(4 * cfg.max_message_bytes, 1 << 20), ws_per_message_deflate=False,
-                            timeout_graceful_shutdown=5,
-                            # Connections (idle, half-sent or open) beyond this get 503: uvicorn
-                            # has no timeout for a request's headers, so this bounds what
-                            # slow or silent clients can hold. Streams are refused before it.
+                            timeout_graceful_shutdown=5, http=head_timeout_protocol(cfg.header_timeout),
+                            # Connections (idle, half-sent or open) beyond this get 503; silent
+                            # ones are closed after header_timeout. Streams are refused before it.
                             limit_concurrency=2 * cfg.max_streams + 64)
     _install_log_filters()  # after Config, which (re)configures uvicorn's loggers
     return config
