@@ -703,10 +703,11 @@ def test_engine_joins_waiting_pieces_of_one_translation(translator):
     assert texts == [translator.translate(s, max_len=MAX_LEN) for s in ["gag", "abcde", "feed"]]
 
 
-def test_flush_interval_grows_with_the_streams_being_decoded(translator):
+def test_flush_interval_grows_with_the_streams_being_decoded():
     """Tokens of a short step wait for the next one while the flush interval allows: 1 ms with
     one stream, 1/8 ms more per stream under load up to flush_max_ms; first tokens never wait."""
-    from qrnn_deploy.serve import Engine
+    from qrnn_deploy.serve.metrics import ServerMetrics
+    from qrnn_deploy.serve.outbox import Outbox
 
     class Loop:
         wakes = 0
@@ -718,26 +719,24 @@ def test_flush_interval_grows_with_the_streams_being_decoded(translator):
             Loop.wakes += 1
             fn.__self__._wake_pending = False  # as if the loop took the outbox at once
 
-    def woke(e, streams, since_wake, step, urgent=False):
-        e._active = [object()] * streams
-        e._last_step = step
-        e._last_wake = time.perf_counter() - since_wake
+    def woke(box, streams, since_wake, step, urgent=False):
+        box._last_wake = time.perf_counter() - since_wake
         before = Loop.wakes
-        e._emit([("job", {"type": "token"})], urgent)
+        box.put([("job", {"type": "token"})], urgent, streams, step)
         return Loop.wakes > before
 
-    e = Engine(translator, flush_ms=1.0, flush_max_ms=4.0)
-    e._loop = Loop()
-    assert not woke(e, 1, 0.0002, 0.0002)  # 0.4 ms < 1 ms: held for the next step
-    assert woke(e, 1, 0.0009, 0.0002)  # the next step would end after 1 ms
-    assert not woke(e, 32, 0.0025, 0.001)  # 32 streams: 4 ms
-    assert woke(e, 32, 0.0031, 0.001)
-    assert not woke(e, 16, 0.0012, 0.0005)  # 16 streams: 2 ms
-    assert woke(e, 16, 0.0016, 0.0005)
-    assert woke(e, 500, 0.0031, 0.001)  # never beyond flush_max_ms
-    assert woke(e, 32, 0.0, 0.0001, urgent=True)  # first tokens, done, errors: at once
-    fixed = Engine(translator, flush_ms=1.0, flush_max_ms=1.0)  # --flush-max-ms = --flush-ms: no growth
-    fixed._loop = Loop()
+    box = Outbox(ServerMetrics(), flush_ms=1.0, flush_max_ms=4.0)
+    box.loop = Loop()
+    assert not woke(box, 1, 0.0002, 0.0002)  # 0.4 ms < 1 ms: held for the next step
+    assert woke(box, 1, 0.0009, 0.0002)  # the next step would end after 1 ms
+    assert not woke(box, 32, 0.0025, 0.001)  # 32 streams: 4 ms
+    assert woke(box, 32, 0.0031, 0.001)
+    assert not woke(box, 16, 0.0012, 0.0005)  # 16 streams: 2 ms
+    assert woke(box, 16, 0.0016, 0.0005)
+    assert woke(box, 500, 0.0031, 0.001)  # never beyond flush_max_ms
+    assert woke(box, 32, 0.0, 0.0001, urgent=True)  # first tokens, done, errors: at once
+    fixed = Outbox(ServerMetrics(), flush_ms=1.0, flush_max_ms=1.0)  # --flush-max-ms = --flush-ms: no growth
+    fixed.loop = Loop()
     assert woke(fixed, 32, 0.0009, 0.0002)
     with pytest.raises(Exception, match="flush_max_ms must be in"):
         ServeConfig(flush_ms=2.0, flush_max_ms=1.0).validate()

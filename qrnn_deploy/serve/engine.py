@@ -11,7 +11,7 @@ machine with two or more cores the encoder graph runs beside the decoder graph):
 - the DECODER thread runs ONE decoder step per iteration for every translation being decoded:
   all their rows go into one runtime call (`decode_batch().step(decoders)`; split only above
   `max_batch_rows`), and hands the tokens that became final back to the loop in one
-  `call_soon_threadsafe`.
+  `call_soon_threadsafe` (serve/outbox.py: when the loop is woken, and what it does with them).
 
 A translation belongs to the encoder thread until its source ends and to the decoder thread
 after; a close is forwarded to whichever holds it, in order. Translations join and leave the
@@ -36,16 +36,13 @@ import time
 from typing import Optional
 
 from qrnn_deploy.errors import QRNNError, StreamError
-from qrnn_deploy.serve.config import flush_limit_ms
 from qrnn_deploy.serve.job import EngineStopped, Job, TranslationModel, _as_qrnn_error
 from qrnn_deploy.serve.metrics import ServerMetrics
+from qrnn_deploy.serve.outbox import FLUSH_PER_TRANSLATION, Outbox
 
-__all__ = ["Engine", "EngineStopped", "Job", "TranslationModel"]
+__all__ = ["Engine", "EngineStopped", "FLUSH_PER_TRANSLATION", "Job", "TranslationModel"]
 
 log = logging.getLogger("qrnn_deploy.serve")
-
-FLUSH_PER_TRANSLATION = 1.25e-4  # s of flush interval per translation being decoded (32 -> 4 ms)
-
 
 class Engine:
     """Runs translations of `model` on two worker threads (encoder, decoder) with batched decoder steps.
@@ -59,8 +56,6 @@ class Engine:
         self.model = model
         self.metrics = metrics or ServerMetrics()
         self.batch_wait = batch_wait_ms / 1000.0
-        self.flush = flush_ms / 1000.0
-        self.flush_max = flush_limit_ms(flush_ms, flush_max_ms) / 1000.0
         self.max_batch_rows = max_batch_rows
         self._cv = threading.Condition()  # guards _cmds (loop -> encoder thread) and _stop
         self._cmds: list = []
@@ -75,10 +70,7 @@ class Engine:
         self._ids = itertools.count(1)
         self._active: list = []  # jobs being decoded, in the order they joined (keeps batch caches warm)
         self._batches: list = []  # one DecodeBatch per chunk of max_batch_rows
-        self._outbox: list = []  # results waiting for the event loop
-        self._outbox_lock = threading.Lock()
-        self._wake_pending = False  # a _take_outbox is scheduled on the loop and has not run yet
-        self._last_wake = 0.0
+        self._outbox = Outbox(self.metrics, flush_ms, flush_max_ms)  # results on their way to the loop
         self._last_step = 0.0  # seconds the last worker iteration's decoding took
         self.jobs_open = 0  # loop side: jobs opened and not closed
         self._free_lock = threading.Lock()  # _free runs on either worker, or on the loop once they stopped
@@ -91,7 +83,7 @@ class Engine:
     def start(self) -> None:
         if self._thread is not None:
             return
-        self._loop = asyncio.get_running_loop()
+        self._loop = self._outbox.loop = asyncio.get_running_loop()
         self._stop = False
         self._dstop = self._dgone = False
         self._dthread = threading.Thread(target=self._run_decoder, name="qrnn-serve-decoder", daemon=True)
@@ -236,7 +228,7 @@ class Engine:
 
     def _dtake(self) -> Optional[list]:
         if not self._active:
-            self._flush()  # nothing deferred may wait while the worker sleeps
+            self._outbox.flush()  # nothing deferred may wait while the worker sleeps
         with self._dcv:
             while not self._dcmds and not self._active and not self._dstop:
                 self._dcv.wait()
@@ -485,76 +477,4 @@ class Engine:
         return urgent
 
     def _emit(self, out: list, urgent: bool) -> None:
-        """Queues results for the event loop and wakes it, sparingly.
-
-        Waking the loop costs a self-pipe write and a GIL hand-over between this thread and the
-        loop, which under load costs more than a small model's step. So: no wake-up while one is
-        pending (the loop takes everything queued by then), and when steps are short, tokens of
-        steps that end within the flush interval of the last wake-up go out together. The interval
-        is `flush_ms`, growing under load by FLUSH_PER_TRANSLATION per translation being decoded up
-        to `flush_max_ms`: every wake-up sends one message per stream, and with many streams the
-        messages (a system call and a GIL hand-over each) cost more than the model's steps.
-        First tokens, done / error events and encoder results are never held back.
-        """
-        now = time.perf_counter()
-        flush = min(self.flush_max, max(self.flush, len(self._active) * FLUSH_PER_TRANSLATION))
-        with self._outbox_lock:
-            self._outbox.extend(out)
-            if self._wake_pending:
-                return
-            if not urgent and (now - self._last_wake) + self._last_step < flush:
-                return  # the next step ends within the flush interval: send both together
-            self._wake_pending = True
-            self._last_wake = now
-        self._wake()
-
-    def _flush(self) -> None:
-        with self._outbox_lock:
-            if not self._outbox or self._wake_pending:
-                return
-            self._wake_pending = True
-            self._last_wake = time.perf_counter()
-        self._wake()
-
-    def _wake(self) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            loop.call_soon_threadsafe(self._take_outbox)
-        except RuntimeError:  # the loop closed meanwhile (process exit)
-            pass
-
-    # -- back on the event loop -------------------------------------------------------------------
-
-    def _take_outbox(self) -> None:
-        with self._outbox_lock:
-            out, self._outbox = self._outbox, []
-            self._wake_pending = False
-        self._dispatch(out)
-
-    def _dispatch(self, out: list) -> None:
-        now = time.perf_counter()
-        for target, value in out:
-            if isinstance(target, asyncio.Future):
-                if not target.done():
-                    if isinstance(value, BaseException):
-                        target.set_exception(value)
-                    else:
-                        target.set_result(value)
-                continue
-            job: Job = target
-            if job.closed:
-                continue
-            kind = value["type"]
-            if kind == "token":
-                if job.t_first is None:
-                    job.t_first = now
-                    if job.t_end is not None:
-                        self.metrics.first_token_seconds.observe(now - job.t_end)
-                job.n_tokens += 1
-            elif kind in ("done", "error"):
-                job.finished = True
-                self.metrics.translations.inc(outcome="done" if kind == "done" else "error")
-            value["t"] = now
-            job.events.put_nowait(value)
+        self._outbox.put(out, urgent, len(self._active), self._last_step)
