@@ -7,20 +7,84 @@ both use it. The libraries are built by `bash scripts/build_plugins.sh` into plu
 - libqrnn_kernels.so: the same CPU kernel behind a plain C ABI, used by `qrnn_deploy.nn` via ctypes.
 
 Look-up order for each library: an explicit file in the environment (QRNN_ORT_LIBRARY /
-QRNN_KERNELS_LIBRARY), then the directory QRNN_PLUGIN_DIR, then plugins/build/ of the source tree.
-The CUDA sources compiled at run time (the PyTorch CUDA kernels, the TensorRT AOT plugin) are
-read from `cuda_sources_dir()`: plugins/cuda/ of the source tree, or QRNN_PLUGIN_SOURCES/cuda.
+QRNN_KERNELS_LIBRARY), then the directory QRNN_PLUGIN_DIR, then `default_build_dir()`:
+plugins/build/ of the source tree in a checkout; in an installed package (wheel, sdist) a
+per-user directory $QRNN_CACHE_DIR/plugins/<digest of the sources> (default ~/.cache/qrnn-deploy),
+where `qrnn-deploy build-plugins` (`build_plugins()`) builds them.
+
+The plugin sources (`sources_dir()`): $QRNN_PLUGIN_SOURCES, else plugins/ of the source tree, else
+the copy a wheel carries in qrnn_deploy/_native_src/plugins/ (put there by setup.py at build
+time, with scripts/build_plugins.sh). The CUDA sources compiled at run time (the PyTorch CUDA
+kernels, the TensorRT AOT plugin) are read from `cuda_sources_dir()`, its cuda/.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from qrnn_deploy.errors import BuildError, ConfigError
 
-_BUILD_HINT = "run `bash scripts/build_plugins.sh` (needs cmake, a C++17 compiler and npm or onnxruntime headers)"
+_BUILD_HINT = ("run `qrnn-deploy build-plugins` (in a source checkout: bash scripts/build_plugins.sh; "
+               "needs cmake, a C++17 compiler and npm or onnxruntime headers)")
+
+_PACKAGE = Path(__file__).resolve().parent
+_TREE_PLUGINS = _PACKAGE.parent / "plugins"          # a source checkout (editable install)
+_SHIPPED = _PACKAGE / "_native_src"                  # a wheel: plugins/ and scripts/build_plugins.sh
+
+
+def _in_checkout() -> bool:
+    return (_TREE_PLUGINS / "CMakeLists.txt").is_file()
+
+
+def sources_dir() -> Path:
+    """The plugin sources (a plugins/ directory): $QRNN_PLUGIN_SOURCES (QRNN_PLUGINS_DIR, its old
+    name, is still read), else the source tree's plugins/, else the copy shipped in the wheel."""
+    root = os.environ.get("QRNN_PLUGIN_SOURCES") or os.environ.get("QRNN_PLUGINS_DIR")
+    if root:
+        return Path(root)
+    if _in_checkout() or not (_SHIPPED / "plugins").is_dir():
+        return _TREE_PLUGINS
+    return _SHIPPED / "plugins"
+
+
+def build_script() -> Optional[Path]:
+    """scripts/build_plugins.sh of the checkout or the wheel (None when neither has it)."""
+    for p in (_PACKAGE.parent / "scripts" / "build_plugins.sh", _SHIPPED / "scripts" / "build_plugins.sh"):
+        if p.is_file() and (p.parent.parent / "plugins" / "CMakeLists.txt").is_file():
+            return p
+    return None
+
+
+def cache_root() -> Path:
+    """$QRNN_CACHE_DIR, default ~/.cache/qrnn-deploy (the CUDA kernels are cached there too)."""
+    return Path(os.environ.get("QRNN_CACHE_DIR", Path.home() / ".cache" / "qrnn-deploy"))
+
+
+_digests: dict = {}
+
+
+def sources_digest(root: Optional[Path] = None) -> str:
+    """12 hex digits of sha256 over the plugin sources (names and bytes; plugins/build skipped)."""
+    root = Path(root or sources_dir())
+    if root not in _digests:
+        h = hashlib.sha256()
+        for f in sorted(p for p in root.rglob("*") if p.is_file() and "build" not in p.relative_to(root).parts[:1]):
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+        _digests[root] = h.hexdigest()[:12]
+    return _digests[root]
+
+
+def default_build_dir() -> Path:
+    """Where the libraries are built and looked for: plugins/build/ of a source checkout, else
+    $QRNN_CACHE_DIR/plugins/<sources_digest()> (so a new release never loads an old build)."""
+    if _in_checkout() or not (_SHIPPED / "plugins").is_dir():
+        return _TREE_PLUGINS / "build"
+    return cache_root() / "plugins" / sources_digest(_SHIPPED / "plugins")
 
 
 def plugin_dirs() -> list[Path]:
@@ -28,15 +92,39 @@ def plugin_dirs() -> list[Path]:
     dirs = []
     if os.environ.get("QRNN_PLUGIN_DIR"):
         dirs.append(Path(os.environ["QRNN_PLUGIN_DIR"]))
-    dirs.append(Path(__file__).resolve().parent.parent / "plugins" / "build")
+    dirs.append(default_build_dir())
     return dirs
 
 
 def cuda_sources_dir() -> Path:
-    """plugins/cuda/ (the CUDA kernel sources): under $QRNN_PLUGIN_SOURCES (a copy of plugins/;
-    QRNN_PLUGINS_DIR, its old name, is still read) or the source tree's plugins/."""
-    root = os.environ.get("QRNN_PLUGIN_SOURCES") or os.environ.get("QRNN_PLUGINS_DIR")
-    return Path(root if root else Path(__file__).resolve().parent.parent / "plugins") / "cuda"
+    """plugins/cuda/ (the CUDA kernel sources) under `sources_dir()`."""
+    return sources_dir() / "cuda"
+
+
+def build_plugins(build_dir: Optional[Path] = None, jobs: int = 2, cuda: Optional[bool] = None,
+                  ort_include: Optional[Path] = None) -> Path:
+    """Build the native plugins with scripts/build_plugins.sh into `build_dir` (default
+    `default_build_dir()`); fetched onnxruntime headers are kept under cache_root()/headers.
+    cuda: False forces the CUDA kernels off (None: on when nvcc is found). Returns the build
+    directory; raises BuildError with the script's reason when something asked for was not built."""
+    script = build_script()
+    if script is None:
+        raise BuildError("the plugin sources are not installed (qrnn_deploy/_native_src missing): reinstall "
+                         "qrnn-deploy from a wheel or sdist built by setuptools>=64, or build from a checkout")
+    build_dir = Path(build_dir or default_build_dir())
+    env = dict(os.environ, QRNN_BUILD_DIR=str(build_dir), QRNN_JOBS=str(int(jobs)), PYTHON=sys.executable)
+    if script.parent.parent == _SHIPPED:  # site-packages may be read-only: headers go to the user cache
+        env.setdefault("QRNN_HEADERS_CACHE", str(cache_root() / "headers"))
+    if ort_include is not None:
+        env["QRNN_ORT_INCLUDE_DIR"] = str(ort_include)
+    if cuda is False:
+        env["QRNN_CMAKE_ARGS"] = (env.get("QRNN_CMAKE_ARGS", "") + " -DQRNN_WITH_CUDA=OFF").strip()
+    build_dir.parent.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        raise BuildError(lines[-1] if lines else f"{script} failed with exit status {r.returncode}")
+    return build_dir
 
 
 def _find(file_name: str, env_var: str) -> Optional[Path]:
@@ -82,7 +170,8 @@ def trt_plugin_library_path() -> str:
     p = _find("libqrnn_trt_plugin.so", "QRNN_TRT_PLUGIN_LIBRARY")
     if p is None:
         raise BuildError("the TensorRT plugin libqrnn_trt_plugin.so is not built: run TensorRT_ROOT=<TensorRT dir> "
-                         "bash scripts/build_plugins.sh (or build engines with --plugin aot)")
+                         "qrnn-deploy build-plugins (in a checkout: bash scripts/build_plugins.sh), "
+                         "or build engines with --plugin aot")
     return str(p)
 
 

@@ -9,13 +9,14 @@
 #   otherwise fetched once from npm (com.github.asus4.onnxruntime, headers only) into .cache/;
 #   QRNN_ORT_NPM_VERSION picks the package version (default below; its ORT_API_VERSION must not
 #   exceed the installed onnxruntime wheel's minor version, which is checked).
-# Other knobs: QRNN_BUILD_DIR (default plugins/build), QRNN_CMAKE_ARGS (extra cmake arguments),
-# QRNN_JOBS (parallel compile jobs, default 2).
+# Other knobs: QRNN_BUILD_DIR (default plugins/build), QRNN_HEADERS_CACHE (where fetched headers
+# are kept, default .cache/), QRNN_CMAKE_ARGS (extra cmake arguments), QRNN_JOBS (parallel compile
+# jobs, default 2). `qrnn-deploy build-plugins` runs this script from an installed package.
 # Exit status 0 when everything asked for was built; 1 with a one-line reason otherwise.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BUILD="${QRNN_BUILD_DIR:-$ROOT/plugins/build}"
-CACHE="$ROOT/.cache"
+CACHE="${QRNN_HEADERS_CACHE:-$ROOT/.cache}"
 NPM_PKG=com.github.asus4.onnxruntime
 # 0.4.9 ships onnxruntime 1.29 headers (ORT_API_VERSION 29), <= the pinned wheel (1.32): a
 # library built against older headers loads in a newer onnxruntime, never the reverse.

@@ -151,6 +151,23 @@ def test_disabled_by_environment_falls_back():
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "OK", out.stderr
+    assert "KernelWarning" not in out.stderr  # chosen on purpose: nothing to warn about
+
+
+def test_a_missing_library_is_said_once_then_the_pytorch_path_runs(tmp_path):
+    """Without libqrnn_kernels.so (a wheel install before `qrnn-deploy build-plugins`) training ran
+    the several-times-slower PyTorch path without a word."""
+    script = ("import warnings, torch; warnings.simplefilter('always');"
+              "from qrnn_deploy.nn import fo_pool, fo_pool_ref;"
+              "g = torch.randn(3, 2, 6, requires_grad=True); h, _ = fo_pool(g); h.sum().backward();"
+              "torch.testing.assert_close(h, fo_pool_ref(g)[0]); fo_pool(torch.randn(2, 1, 3)); print('OK')")
+    env = dict(os.environ, QRNN_KERNELS_LIBRARY=str(tmp_path / "libqrnn_kernels.so"),
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("QRNN_CPU_KERNELS", None)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "OK", out.stderr
+    assert out.stderr.count("KernelWarning: native CPU FoPool kernel unavailable") == 1, out.stderr
+    assert "QRNN_KERNELS_LIBRARY" in out.stderr and "fo_pool uses its PyTorch path" in out.stderr
 
 
 @pytest.mark.parametrize("pooling", list(P_OF))

@@ -186,6 +186,24 @@ def test_quickstart_reduced(tiny_dict, tmp_path, capsys):
         assert (e["chrf"], e["bleu"], e["copy_chrf"]) == (s["scores"]["chrf"], s["scores"]["bleu"], s["scores"]["copy_chrf"])
 
 
+def test_quickstart_falls_back_to_portable_without_the_custom_op_library(tiny_dict, tmp_path, capsys, monkeypatch):
+    """Without libqrnn_ort.so (a wheel install before `qrnn-deploy build-plugins`, a machine without
+    a compiler) export still succeeds (verified on onnx.reference), so the quickstart went on with
+    a custom-op bundle and failed when the runtime loaded it (exit 2)."""
+    from qrnn_deploy import _native
+
+    monkeypatch.delenv("QRNN_ORT_LIBRARY", raising=False)
+    monkeypatch.delenv("QRNN_PLUGIN_DIR", raising=False)
+    monkeypatch.setattr(_native, "plugin_dirs", lambda: [tmp_path / "no-plugins"])
+    out = tmp_path / "qs"
+    _run_ok(["quickstart", "--out", str(out), "--train-minutes", "0.02", "--data-file", str(tiny_dict),
+             "--hidden", "16", "--layers", "2", "--limit", "4", "--examples", "1", "--threads", "1"])
+    text = capsys.readouterr().out
+    assert "exporting the portable variant instead" in text and "qrnn-deploy build-plugins" in text
+    assert json.loads((out / "bundle" / "manifest.json").read_text())["fo_pool"] == "portable"
+    assert "[5/5]" in text
+
+
 def test_shipped_model_loads_and_translates():
     from qrnn_deploy.cli.quickstart import pretrained_path
     from qrnn_deploy.nn import load_checkpoint

@@ -16,6 +16,7 @@ from qrnn_deploy.cli import train  # noqa: F401  (train)
 from qrnn_deploy.cli import evaluate  # noqa: F401  (evaluate)
 from qrnn_deploy.cli import quickstart  # noqa: F401  (quickstart)
 from qrnn_deploy.cli import build_engine  # noqa: F401  (build-engine)
+from qrnn_deploy.cli import build_plugins  # noqa: F401  (build-plugins)
 from qrnn_deploy.errors import QRNNError
 
 

@@ -130,6 +130,14 @@ def quickstart(out: str = typer.Option("qrnn-quickstart", "--out", help="Directo
 
     # 2. Export + verify.
     bundle_dir = out / "bundle"
+    if fo_pool == "custom":
+        from qrnn_deploy._native import ort_library_path
+
+        try:  # export would succeed without it (verified on onnx.reference), the runtime would not
+            ort_library_path()
+        except BuildError as e:
+            echo(f"      the custom op is not available ({e}); exporting the portable variant instead")
+            fo_pool = "portable"
     echo(f"[2/5] exporting to {bundle_dir} (fo_pool={fo_pool}) and verifying against PyTorch")
     try:
         manifest = export_bundle(model, bundle_dir, fo_pool=fo_pool, verify=True)

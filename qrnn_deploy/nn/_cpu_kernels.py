@@ -3,8 +3,11 @@
 `forward` / `backward` run the shared C++ kernel through its C ABI (plugins/kernels/qrnn_kernels.h)
 on float32 CPU tensors, with as many threads as PyTorch's intra-op setting; they return None when
 the kernel does not apply (other dtypes or devices) or is not available (not built, disabled by
-QRNN_CPU_KERNELS=0), and fo_pool then runs its PyTorch path. Results are fresh tensors, never
-views of the inputs, as the custom op requires. Build the library with `bash scripts/build_plugins.sh`.
+QRNN_CPU_KERNELS=0), and fo_pool then runs its PyTorch path (several times slower): when the
+library is missing, one warning line (`KernelWarning`, once per process) says why at the first
+float32 CPU call; QRNN_CPU_KERNELS=0 chooses that path without a warning. Results are fresh
+tensors, never views of the inputs, as the custom op requires. Build the library with
+`qrnn-deploy build-plugins` (in a checkout: `bash scripts/build_plugins.sh`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import warnings
 from typing import Optional
 
 import torch
@@ -25,6 +29,11 @@ _lock = threading.Lock()
 _lib = None        # the loaded ctypes library, once loaded
 _tried = False     # loading is attempted once per process
 _load_error = ""   # why it is unavailable, for available() / messages
+_warned = False    # the missing library was reported (once per process)
+
+
+class KernelWarning(UserWarning):
+    """A native FoPool kernel could not be used; fo_pool runs its PyTorch path."""
 
 
 def _load():
@@ -36,7 +45,7 @@ def _load():
             return _lib
         try:
             if os.environ.get("QRNN_CPU_KERNELS", "1") == "0":
-                raise BuildError("disabled by QRNN_CPU_KERNELS=0")
+                raise _OptedOut("disabled by QRNN_CPU_KERNELS=0")
             from qrnn_deploy._native import kernels_library_path
 
             lib = ctypes.CDLL(kernels_library_path())  # CDLL releases the GIL during calls
@@ -52,8 +61,25 @@ def _load():
         except (BuildError, OSError, AttributeError) as e:
             _load_error = str(e)
             _lib = None
+            global _warned
+            _warned = isinstance(e, _OptedOut)  # chosen on purpose: nothing to report
         _tried = True
     return _lib
+
+
+class _OptedOut(BuildError):
+    pass
+
+
+def _loaded_or_warn():
+    """The library for a call the kernel applies to; None after one warning line when it is missing."""
+    global _warned
+    lib = _load()
+    if lib is None and not _warned:
+        _warned = True
+        warnings.warn(f"native CPU FoPool kernel unavailable ({_load_error}); fo_pool uses its PyTorch path",
+                      KernelWarning, stacklevel=4)
+    return lib
 
 
 def available() -> bool:
@@ -83,7 +109,7 @@ def forward(gates: torch.Tensor, c0: Optional[torch.Tensor], pooling: str, batch
     """
     if not _applies(gates, c0):
         return None
-    lib = _load()
+    lib = _loaded_or_warn()
     if lib is None:
         return None
     P = POOLING_P[pooling]
@@ -110,7 +136,7 @@ def backward(grad_h: torch.Tensor, grad_c_last: torch.Tensor, gates: torch.Tenso
     """
     if not _applies(grad_h, grad_c_last, gates, c0):
         return None
-    lib = _load()
+    lib = _loaded_or_warn()
     if lib is None:
         return None
     P = POOLING_P[pooling]

@@ -29,15 +29,12 @@ import torch
 
 from qrnn_deploy._native import cuda_sources_dir
 from qrnn_deploy.errors import BuildError
+from qrnn_deploy.nn._cpu_kernels import KernelWarning  # one warning class for both devices
 
 SOURCES = ("fo_pool_cuda.cu", "fo_pool_cuda.h", "fo_pool_kernels.cuh")
 LIB_NAME = "libqrnn_fo_pool_cuda.so"
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 POOLING_P = {"f": 2, "fo": 3, "ifo": 4}
-
-
-class KernelWarning(UserWarning):
-    """The CUDA FoPool kernels are unavailable; the PyTorch path is used instead."""
 
 
 _lock = threading.Lock()
