@@ -236,5 +236,15 @@ def test_connections_that_never_send_a_whole_head_are_closed(translator):
             s.sendall(b" \"abc\"}")
             reply, _ = _read_until_closed(s, 20)
             assert reply.startswith(b"HTTP/1.1 200") and b"\"text\"" in reply, reply[:300]
+        # Pipelined: the second request's head comes with the first; its body later than the
+        # deadline armed when the first response ended (the second's cycle had already begun).
+        with socket.create_connection(addr) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                      b"POST /v1/translate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 15\r\nConnection: close\r\n\r\n{\"text\":")
+            time.sleep(1.2)
+            s.sendall(b" \"abc\"}")
+            reply, _ = _read_until_closed(s, 20)
+            assert reply.count(b"HTTP/1.1 200") == 2 and b"408" not in reply, reply[:600]
     with pytest.raises(ConfigError, match="header_timeout"):
         ServeConfig(header_timeout=0).validate()

@@ -162,8 +162,11 @@ def head_timeout_protocol(seconds: float) -> type:
         def _head_deadline(self, cycle) -> None:
             self._head_timer = None
             transport = self.transport
-            # A new cycle means a head came in time; another protocol means a WebSocket took over.
-            if transport.is_closing() or self.cycle is not cycle or transport.get_protocol() is not self:
+            # A new cycle means a head came in time, an unfinished one a request being served (a
+            # pipelined request's cycle can start before the deadline is armed); another protocol
+            # means a WebSocket took over.
+            if (transport.is_closing() or self.cycle is not cycle or transport.get_protocol() is not self
+                    or (cycle is not None and not cycle.response_complete)):
                 return
             if self._head_bytes:
                 transport.write(_HEAD_TIMEOUT_RESPONSE)
