@@ -459,3 +459,47 @@ def test_tensorrt_backend_without_engines_says_build_them(lm_bundle, monkeypatch
     monkeypatch.setattr(tensorrt_backend, "_import_cuda_runtime", lambda: cudart)
     with pytest.raises(BundleError, match="build-engine"):
         load_bundle(lm_bundle, backend="tensorrt")
+
+
+def test_runner_shared_by_threads_gives_each_its_own_results(fake_trt_bundle):
+    """One bundle shared by a thread pool: the runner's contexts, device buffers and fed-back
+    state record are per runner, and calls from several threads mixed them up (wrong logits,
+    states of another sequence). Calls are now serialized per runner."""
+    import threading
+
+    b, _, _ = fake_trt_bundle
+    ref = load_bundle(b, backend="onnxruntime").graph("lm")
+    g = load_bundle(b, backend="tensorrt").graph("lm")
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # many GIL hand-overs: many interleavings
+
+    def run_sequence(graph, k):
+        rng = np.random.default_rng(k)
+        states, outs = graph.zero_states(1 + k % 2), []
+        for _ in range(25):  # chunks and single steps, states fed back as they came
+            tokens = rng.integers(0, 12, size=(1 + k % 2, int(rng.integers(1, 4)))).astype(np.int64)
+            out, states = graph.run({"tokens": tokens}, states)
+            outs.append(out["logits"])
+        return outs
+
+    want = {k: run_sequence(ref, k) for k in range(6)}
+    got, errors = {}, []
+
+    def worker(k):
+        try:
+            got[k] = run_sequence(g, k)
+        except Exception as e:  # noqa: BLE001 - any failure is the finding
+            errors.append(repr(e))
+
+    try:
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors, errors[:3]
+    for k in range(6):
+        for a, w in zip(got[k], want[k]):
+            np.testing.assert_allclose(a, w, atol=1e-5)

@@ -6,6 +6,12 @@
     ts = tr.stream(); ts.feed("Guten "); ts.feed("Morgen")
     print(tr.detokenize(ts.tokens(beam=4)))
 
+Threads: a loaded Bundle, its Graphs and a Translator hold no per-call state and may be shared
+by any number of threads (translate(), stream(), decode_batch(), language_model() from each);
+onnxruntime sessions take concurrent runs, the tensorrt runner serializes its calls. The objects
+that hold one sequence - TranslationStream, Stream, decoders, DecodeBatch, LanguageModelStream,
+ClassifierStream - belong to one thread at a time: make one per request or per thread.
+
 Arrows: cli -> serve -> runtime -> bundle files. This package imports only numpy, onnxruntime
 (when a session is made) and the pure-Python leaves qrnn_deploy.bundle / vocab / decoding /
 errors / _native.

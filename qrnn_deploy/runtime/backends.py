@@ -27,7 +27,9 @@ class GraphRunner(Protocol):
     output_names: list
 
     def run(self, inputs: dict) -> dict:
-        """inputs: name -> np.ndarray (every graph input) -> outputs: name -> np.ndarray (all)."""
+        """inputs: name -> np.ndarray (every graph input) -> outputs: name -> np.ndarray (all).
+        May be called from several threads at once (one bundle shared by a thread pool): a
+        runner that keeps state between calls serializes them (TensorRTRunner holds a lock)."""
         ...
 
 

@@ -14,10 +14,16 @@ Needs the `tensorrt` Python package, cuda-python (`cuda.bindings.runtime`, or th
 module is cheap and a machine without them gets one BuildError line. Not run on the project's
 development machines (no TensorRT, no GPU): written against TensorRT 10's documented Python API.
 numpy only otherwise: no torch, as everywhere in qrnn_deploy.runtime.
+
+Thread safety: a runner's execution contexts, device buffers, CUDA stream and the fed-back-state
+bookkeeping are shared by every call, and a TensorRT execution context must not be used by two
+threads at once, so `run` holds a per-runner lock: calls from several threads (one bundle shared
+by a thread pool) are correct and run one at a time per graph.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -150,6 +156,8 @@ class TensorRTRunner:
         self.contexts: dict = {}
         self.buffers = {n: _Buffer() for n in names}
         self._last_outputs: dict = {}
+        # Everything above is per runner, not per call: one call at a time (module docstring).
+        self._lock = threading.Lock()
 
     def _context(self, profile: int):
         if profile not in self.contexts:
@@ -178,6 +186,10 @@ class TensorRTRunner:
                               f"(profile {profile}); rebuild the engine with larger limits")
 
     def run(self, inputs: dict) -> dict:
+        with self._lock:
+            return self._run(inputs)
+
+    def _run(self, inputs: dict) -> dict:
         missing = [n for n in self.input_names if n not in inputs]
         if missing:
             raise StreamError(f"graph {self.role!r}: inputs {missing} not given")
