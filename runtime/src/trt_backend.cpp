@@ -149,6 +149,9 @@ class TrtBackend final : public Backend {
 
   std::vector<Tensor> run(const std::vector<std::string>& input_names, const std::vector<const Tensor*>& inputs,
                           const std::vector<std::string>& output_names) override {
+    // One execution context, stream and set of device buffers serve every call: one at a time
+    // (a TensorRT context must not be used by two threads at once).
+    std::lock_guard<std::mutex> lock(run_mu_);
     const std::string where = "TensorRT engine of graph " + role_ + " (" + path_ + ")";
     for (std::size_t i = 0; i < inputs.size(); ++i) {
       const Tensor& t = *inputs[i];
@@ -209,6 +212,7 @@ class TrtBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   std::vector<std::string> inputs_, outputs_;
   std::map<std::string, DeviceBuffer> buffers_;
+  std::mutex run_mu_;
 };
 
 }  // namespace

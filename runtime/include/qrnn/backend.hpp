@@ -29,7 +29,8 @@ class Backend {
  public:
   virtual ~Backend() = default;
   // Runs the graph: inputs[i] is fed as input_names[i]; returns the outputs named `output_names`
-  // in that order. Throws BackendError naming the graph on failure.
+  // in that order. Throws BackendError naming the graph on failure. May be called from several
+  // threads at once (onnxruntime sessions run concurrently; the TensorRT backend serializes).
   virtual std::vector<Tensor> run(const std::vector<std::string>& input_names,
                                   const std::vector<const Tensor*>& inputs,
                                   const std::vector<std::string>& output_names) = 0;
