@@ -2,7 +2,7 @@
 PyTorch reference) cannot see a mistake: both share `qrnn_deploy.decoding`, so a wrong beam rule
 there is wrong in both. Also boundaries of the server's limits, sampling, scoring and verification
 that the end-to-end tests do not reach. Every test here failed on a small deliberate bug (a mutant)
-that the rest of the suite let through (tests/test_hand_derived.py)."""
+that the rest of the suite let through."""
 
 import json
 import math
