@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -273,7 +274,10 @@ def test_error_paths_are_one_line_and_exit_2(programs, bundles, tmp_path):
     (["--max-len"], "--max-len needs a value"),
     (["--frobnicate"], "unknown option --frobnicate"),
     (["--beam", "2", "--batch", "3"], "--batch is for greedy"),
-    (["--beam", "2", "--length-penalty", "11"], "length_penalty must be a number in [0, 10]"),
+    (["--beam", "2", "--length-penalty", "11"], "--length-penalty must be a number in [0, 10]"),
+    (["--length-penalty", "nan"], "--length-penalty must be a number in [0, 10]"),
+    (["--max-len", "0"], "--max-len must be between 1 and 1000000"),
+    (["--max-source-chars", "0"], "--max-source-chars must be between 1"),
 ])
 def test_bad_arguments(programs, bundles, args, needle):
     bundle = [] if needle.startswith("expected one BUNDLE") else [bundles["custom"]]
@@ -466,3 +470,50 @@ def test_stream_check_without_bundle_is_an_error_line_on_stderr(programs):
     assert r.stderr.count("\n") == 1
     r = run(programs["qrnn_stream_check"], "--help")
     assert r.returncode == 0 and r.stdout.startswith("usage: qrnn_stream_check BUNDLE")
+
+
+# (options, stdin) that `qrnn-deploy translate` refuses, each once before reading stdin and once at a
+# line; qrnn_translate must refuse the same ones at the same point (same stdout, exit code 2).
+# Differential tests on the shipped model found each of these apart: qrnn_translate checked
+# --length-penalty only for beams and only at the first non-empty line (greedy took 11 or nan),
+# took --max-len 0, and had no --max-source-chars (it translated a 2,001-character line);
+# `qrnn-deploy translate` checked --beam <= 1000 and --max-len <= 1,000,000 only at the first
+# non-empty line, after answering the empty lines before it.
+CLI_PARITY = [
+    ([], "ab\n\nzwölf 12\n"),  # agreement when nothing is refused
+    (["--length-penalty", "11"], "ab\n"),
+    (["--length-penalty", "nan"], "ab\n"),
+    (["--length-penalty", "-1"], "\nab\n"),
+    (["--beam", "2", "--length-penalty", "11"], "\nab\n"),
+    (["--max-len", "0"], "ab\n"),
+    (["--beam", "1001"], "\nab\n"),
+    (["--max-len", "1000001"], "\nab\n"),
+    ([], "ab\n" + "a" * 2001 + "\nab\n"),
+    (["--beam", "2"], "ab\n" + "a" * 2001 + "\nab\n"),
+    ([], "ab\n" + "a" * 2000 + "\nab\n"),
+    (["--max-source-chars", "3"], "ab\n\nabcd\nab\n"),
+    (["--max-source-chars", "3"], "äöü\nabc\r\n"),  # characters, not bytes; the \r is not one
+]
+
+
+@pytest.mark.parametrize("args, stdin", CLI_PARITY, ids=[f"{' '.join(a) or 'defaults'}|{len(s)}" for a, s in CLI_PARITY])
+def test_translate_refuses_what_the_python_cli_refuses(programs, bundles, args, stdin):
+    bundle = bundles["portable"]  # the Python side needs no custom-op library
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [*args, "--max-len", "5"] if "--max-len" not in args else args
+    py = subprocess.run([sys.executable, "-m", "qrnn_deploy", "translate", str(bundle), "--threads", "1", *args],
+                        input=stdin, capture_output=True, text=True, timeout=300, env=env)
+    cc = run(programs["qrnn_translate"], bundle, "--threads", 1, *args, stdin=stdin)
+    assert (cc.returncode, cc.stdout) == (py.returncode, py.stdout), (cc.stderr, py.stderr)
+    if py.returncode:
+        assert cc.returncode == 2 and cc.stderr.count("\n") == 1, cc.stderr
+    else:
+        assert cc.stdout.count("\n") == stdin.count("\n")
+
+
+def test_translate_too_long_line_after_a_batch_is_translated_first(programs, bundles):
+    """--batch: the lines before a too-long one are still written (as for malformed UTF-8)."""
+    r = run(programs["qrnn_translate"], bundles["custom"], "--ids", "--max-len", 3, "--batch", 2,
+            "--max-source-chars", 4, stdin="ab\nab\nab\nabcde\nab\n")
+    err = _one_line_error(r, "stdin line 4 has 5 characters, more than --max-source-chars 4")
+    assert r.stdout.count("\n") == 3, (r.stdout, err)

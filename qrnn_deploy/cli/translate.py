@@ -28,10 +28,14 @@ def translate(bundle: str = typer.Argument(..., help="Bundle directory (written 
     """Translate TEXT (or each line of stdin) with a seq2seq bundle, printing tokens as they come."""
     import sys
 
+    from qrnn_deploy.decoding import check_decode_options
     from qrnn_deploy.runtime import load_bundle
 
     check_threads(threads)
     check_length_penalty(length_penalty)
+    # The other bounds (--beam <= 1000, --max-len <= 1,000,000) now too, not at the first non-empty
+    # line after the empty ones were answered: qrnn_translate refuses them before reading stdin.
+    check_decode_options(beam, max_len, length_penalty)
     check_at_least(max_source_chars, "--max-source-chars", 1)
     translator = load_bundle(bundle, backend=backend, threads=threads).translator()
     out = sys.stdout
