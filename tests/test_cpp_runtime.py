@@ -20,7 +20,7 @@ from qrnn_deploy.export import export_bundle
 from qrnn_deploy.nn import QRNNSeq2Seq
 from translators import random_translator
 from qrnn_deploy.runtime import load_bundle
-from qrnn_deploy.vocab import BOS, EOS, CharVocab
+from qrnn_deploy.vocab import EOS, CharVocab
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD = Path(os.environ.get("QRNN_RUNTIME_BUILD_DIR", REPO / "runtime" / "build"))
@@ -517,3 +517,65 @@ def test_translate_too_long_line_after_a_batch_is_translated_first(programs, bun
             "--max-source-chars", 4, stdin="ab\nab\nab\nabcde\nab\n")
     err = _one_line_error(r, "stdin line 4 has 5 characters, more than --max-source-chars 4")
     assert r.stdout.count("\n") == 3, (r.stdout, err)
+
+
+# Hand-derived checks of the library's decoding rules and tensor helpers, compiled against
+# libqrnn_runtime.a: ties (which the parity tests with random weights never meet), binary16
+# conversion (TensorRT fp16 outputs, unreachable without a GPU) and concat_time of batch > 1.
+UNIT_CPP = r"""// Hand-derived checks of the C++ runtime's decoding rules and tensor helpers.
+#include <cstdio>
+#include <vector>
+
+#include "qrnn/decoding.hpp"
+#include "qrnn/tensor.hpp"
+
+using namespace qrnn;
+
+static int fails = 0;
+static void check(bool ok, const char* what) {
+  if (!ok) {
+    std::printf("FAIL %s\n", what);
+    ++fails;
+  }
+}
+
+int main() {
+  // beam_step, beam 1, V = 8: row 0 symbol 6 and row 1 symbol 5 both total -1; the lower flat
+  // index (0 * 8 + 6 < 1 * 8 + 5) ranks first and is the one live candidate.
+  std::vector<double> logp(16, -1e9);
+  logp[6] = -1.0;
+  logp[8 + 5] = -1.0;
+  std::vector<Candidate> live, fin;
+  beam_step({0.0, 0.0}, logp, 8, 1, 0, false, 3, live, fin);
+  check(live.size() == 1 && live[0].parent == 0 && live[0].symbol == 6 && fin.empty(), "beam_step tie");
+  // best_hypothesis: -2 / (1 + 1) for both: the one finished first wins.
+  check(best_hypothesis({{-2.0, {4}}, {-2.0, {5}}}, 1.0) == std::vector<int64_t>{4}, "best_hypothesis tie");
+  check(best_hypothesis({{-3.0, {4, 4}}, {-2.5, {5}}}, 1.0) == std::vector<int64_t>{4, 4}, "length penalty");
+  // IEEE binary16.
+  check(half_to_float(0x3c00) == 1.0f && half_to_float(0xc000) == -2.0f, "half 1, -2");
+  check(half_to_float(0x7bff) == 65504.0f && half_to_float(0x0001) == 5.9604644775390625e-8f, "half max, min");
+  check(half_to_float(0x3555) == 0.333251953125f, "half 1/3");
+  check(float_to_half(1.0f) == 0x3c00 && float_to_half(0.1f) == 0x2e66 && float_to_half(65504.0f) == 0x7bff,
+        "float_to_half");
+  // Halfway between two binary16 values (1 + 2^-11, 1 + 3 * 2^-11): to the even one.
+  check(float_to_half(1.00048828125f) == 0x3c00 && float_to_half(1.00146484375f) == 0x3c02, "half ties to even");
+  // concat_time of [2, 2, 1] and [2, 1, 1]: per row, the first part's steps then the second's.
+  const Tensor a = Tensor::from_floats({1, 2, 3, 4}, {2, 2, 1}), b = Tensor::from_floats({5, 6}, {2, 1, 1});
+  const Tensor c = concat_time({&a, &b});
+  check(c.shape() == std::vector<int64_t>{2, 3, 1} && c.to_floats() == std::vector<float>{1, 2, 5, 3, 4, 6},
+        "concat_time");
+  std::printf("%d failed\n", fails);
+  return fails ? 1 : 0;
+}
+"""
+
+
+def test_library_rules_on_hand_derived_cases(programs, tmp_path):
+    cxx = next(shutil.which(c) for c in ("c++", "g++", "clang++") if shutil.which(c))
+    (tmp_path / "unit.cpp").write_text(UNIT_CPP)
+    exe = tmp_path / "unit"
+    r = subprocess.run([cxx, "-std=c++17", "-O1", "-I", str(REPO / "runtime" / "include"), str(tmp_path / "unit.cpp"),
+                        str(BUILD / "libqrnn_runtime.a"), "-o", str(exe)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    r = run(exe)
+    assert r.returncode == 0 and r.stdout.strip().endswith("0 failed"), r.stdout + r.stderr

@@ -108,6 +108,20 @@ def test_seq2seq(variant, pooling, attn_window, tmp_path):
     assert dec.inputs[1].shape == ["B", "S", 5]
 
 
+def test_ifo_attention_query_ignores_the_conditioning_of_the_output_gate(tmp_path):
+    """Custom 'ifo': the attention query is c_t, so the FoPool node's O block must be +30 with
+    its conditioning zeroed too. A large cond on the O rows (V_l's scaled up) would otherwise
+    close it."""
+    m = seq2seq("ifo", 2)
+    H = m.config.hidden_size
+    with torch.no_grad():
+        m.cond_proj[-1].weight[2 * H:3 * H].mul_(4000)  # rows of o: [Z | F | O | I]
+    # cond ~1e3 costs float32 digits in the o projection: 3e-5 here; an O gate fed the cond: 0.1.
+    man = export_bundle(m, tmp_path, fo_pool="custom", tol=1e-3,
+                        verify_engine="onnxruntime" if HAVE_LIB else "reference")
+    assert man.metadata["verification"]["max_abs_error"] <= 1e-3
+
+
 def test_tied_weights_stored_once(tmp_path):
     torch.manual_seed(0)
     m = QRNNLanguageModel(13, 5, 5, 2, window=[2, 1], tie_weights=True).eval()

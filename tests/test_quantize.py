@@ -218,3 +218,19 @@ def test_cli_export_quantize_and_info(tmp_path, capsys):
     assert not (tmp_path / "c").exists()  # refused before anything was written
     code, _, err = cli("build-engine", tmp_path / "b")
     assert code == 2 and "quantized" in err and err.count("\n") == 1
+
+
+def test_unnamed_matmuls_sharing_a_weight_get_distinct_names():
+    """Both replacements of two unnamed MatMuls reading one weight were named `w_q8`: onnxruntime
+    refused the model (two nodes with the same name). Bundles name every node, other graphs may not."""
+    w = np.random.default_rng(0).standard_normal((32, 16)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y1"]), helper.make_node("MatMul", ["x", "w"], ["y2"])],
+                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 32])],
+                          [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 16]) for n in ("y1", "y2")],
+                          [numpy_helper.from_array(w, "w")])
+    q, _ = quantize_graph(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), block_size=16)
+    assert len({n.name for n in q.graph.node}) == 2
+    x = np.random.default_rng(1).standard_normal((2, 32)).astype(np.float32)
+    y1, y2 = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_allclose(y1, x @ w, atol=0.05 * np.abs(x @ w).max())

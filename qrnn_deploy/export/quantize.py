@@ -102,7 +102,9 @@ def quantize_graph(proto: onnx.ModelProto, block_size: int = DEFAULT_BLOCK,
             after += q.nbytes + s.nbytes
         qn, sn, K, N = packed[w_name]
         new_nodes.append(helper.make_node(
-            "MatMulNBits", [node.input[0], qn, sn], list(node.output), name=(node.name or w_name) + "_q8",
+            "MatMulNBits", [node.input[0], qn, sn], list(node.output),
+            # Unnamed MatMuls that share a weight must not get one name (onnxruntime refuses it).
+            name=f"{node.name}_q8" if node.name else f"{w_name}_q8_{n_q}",
             domain=MS_DOMAIN, K=K, N=N, bits=8, block_size=block_size, accuracy_level=accuracy_level))
         n_q += 1
     del g.node[:]
