@@ -655,3 +655,12 @@ def test_http_translate_limits_at_the_boundary():
         read(64, 65)
     with pytest.raises(ProtocolError, match="over the limit"):
         read(65, 64)
+
+
+def test_cosine_learning_rate_runs_from_lr_to_lr_final():
+    from qrnn_deploy.nn.train import cosine_lr
+
+    assert cosine_lr(1e-3, 0.1, 0.0) == pytest.approx(1e-3)
+    assert cosine_lr(1e-3, 0.1, 1.0) == pytest.approx(1e-4)
+    assert cosine_lr(1e-3, 0.1, 0.5) == pytest.approx(1e-3 * (0.1 + 0.9 / 2))
+    assert cosine_lr(2e-3, 0.0, 0.25) == pytest.approx(2e-3 * 0.5 * (1 + 2 ** -0.5))

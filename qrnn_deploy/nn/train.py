@@ -91,6 +91,11 @@ DEFAULT_MINUTES = 10.0  # a run given neither --minutes nor --steps (a resumed f
 BATCHING_VERSION = 2  # make_batches' width rule (runs saved without it resume with the legacy one)
 
 
+def cosine_lr(lr: float, lr_final: float, frac: float) -> float:
+    """The learning rate at `frac` (0..1) of a run: a cosine from lr down to lr * lr_final."""
+    return lr * (lr_final + (1 - lr_final) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
 class ThreadChooser:
     """Picks 1 or 2 PyTorch threads by measurement, again and again (`--threads 0`).
 
@@ -346,7 +351,7 @@ def train(splits: dict, out_dir, cfg: TrainConfig, minutes: Optional[float] = No
             if deadline is not None:
                 frac = min(1.0, trained_s / max(deadline, 1e-9))
                 for g in opt.param_groups:
-                    g["lr"] = cfg.lr * (cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * frac)))
+                    g["lr"] = cosine_lr(cfg.lr, cfg.lr_final, frac)
             if chooser is not None:
                 chooser.before_step()
             b = batches[pos]
