@@ -132,3 +132,15 @@ def test_build_plugins_without_sources_says_so(installed_layout):
     shutil.rmtree(installed_layout)
     with pytest.raises(BuildError, match="plugin sources are not installed"):
         _native.build_plugins()
+
+
+def test_cli_build_plugins_where_and_bad_options(capsys):
+    from qrnn_deploy.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["build-plugins", "--where"])
+    out = capsys.readouterr().out
+    assert not e.value.code and f"sources              {_native.sources_dir()}" in out and "libqrnn_ort.so" in out
+    with pytest.raises(SystemExit) as e:
+        main(["build-plugins", "--jobs", "0"])
+    assert e.value.code == 2 and capsys.readouterr().err.strip() == "error: --jobs must be >= 1, got 0"

@@ -11,14 +11,22 @@ import typer
 from qrnn_deploy.cli.app import app
 
 
+def _nvidia_driver_present() -> bool:
+    """Whether the CUDA driver library is installed (no GPU build is useful without it)."""
+    import ctypes.util
+
+    return ctypes.util.find_library("cuda") is not None or Path("/dev/nvidiactl").exists()
+
+
 @app.command("build-plugins")
 def build_plugins_cmd(build_dir: Optional[Path] = typer.Option(None, "--build-dir", help="Build here instead of the "
                                                               "default (a checkout's plugins/build, else "
                                                               "$QRNN_CACHE_DIR/plugins/<digest>); set QRNN_PLUGIN_DIR "
                                                               "to it to use it."),
                       jobs: int = typer.Option(2, "--jobs", help="Parallel compile jobs."),
-                      cuda: bool = typer.Option(True, "--cuda/--no-cuda", help="Build the CUDA kernels when nvcc "
-                                                "is found (--no-cuda: CPU only, faster)."),
+                      cuda: Optional[bool] = typer.Option(None, "--cuda/--no-cuda", help="Build the CUDA kernels "
+                                                          "(needs nvcc; minutes). Default: when nvcc is found and "
+                                                          "this machine has an NVIDIA driver."),
                       ort_include: Optional[Path] = typer.Option(None, "--ort-include", help="Directory with "
                                                                  "onnxruntime_cxx_api.h (default: fetched from npm "
                                                                  "once)."),
@@ -43,8 +51,12 @@ def build_plugins_cmd(build_dir: Optional[Path] = typer.Option(None, "--build-di
         report()
         return
     check_at_least(jobs, "--jobs", 1)
+    if cuda is None and not _nvidia_driver_present():
+        cuda = False
+        typer.echo("no NVIDIA driver here: CPU plugins only (--cuda builds the CUDA kernels anyway)")
     typer.echo(f"building the plugins from {_native.sources_dir()} into {build_dir or _native.default_build_dir()} ...")
-    out = _native.build_plugins(build_dir, jobs=jobs, cuda=None if cuda else False, ort_include=ort_include)
+    out = _native.build_plugins(build_dir, jobs=jobs, cuda=False if cuda is False else None,
+                                ort_include=ort_include)
     typer.echo(f"built: {', '.join(sorted(p.name for p in out.glob('lib*.so')))} in {out}")
     if build_dir is not None and out.resolve() not in {d.resolve() for d in _native.plugin_dirs()}:
         typer.echo(f"note: set QRNN_PLUGIN_DIR={out} so qrnn-deploy uses them")
