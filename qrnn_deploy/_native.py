@@ -105,7 +105,7 @@ def build_plugins(build_dir: Optional[Path] = None, jobs: int = 2, cuda: Optiona
                   ort_include: Optional[Path] = None) -> Path:
     """Build the native plugins with scripts/build_plugins.sh into `build_dir` (default
     `default_build_dir()`); fetched onnxruntime headers are kept under cache_root()/headers.
-    cuda: False forces the CUDA kernels off (None: on when nvcc is found). Returns the build
+    cuda: True / False forces the CUDA kernels on / off (None: on when nvcc is found). Returns the build
     directory; raises BuildError with the script's reason when something asked for was not built."""
     script = build_script()
     if script is None:
@@ -117,8 +117,9 @@ def build_plugins(build_dir: Optional[Path] = None, jobs: int = 2, cuda: Optiona
         env.setdefault("QRNN_HEADERS_CACHE", str(cache_root() / "headers"))
     if ort_include is not None:
         env["QRNN_ORT_INCLUDE_DIR"] = str(ort_include)
-    if cuda is False:
-        env["QRNN_CMAKE_ARGS"] = (env.get("QRNN_CMAKE_ARGS", "") + " -DQRNN_WITH_CUDA=OFF").strip()
+    if cuda is not None:  # True: fail without nvcc rather than build CPU-only in silence
+        flag = "ON" if cuda else "OFF"
+        env["QRNN_CMAKE_ARGS"] = (env.get("QRNN_CMAKE_ARGS", "") + f" -DQRNN_WITH_CUDA={flag}").strip()
     build_dir.parent.mkdir(parents=True, exist_ok=True)
     r = subprocess.run(["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if r.returncode != 0:

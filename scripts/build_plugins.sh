@@ -23,7 +23,11 @@ NPM_PKG=com.github.asus4.onnxruntime
 NPM_VERSION="${QRNN_ORT_NPM_VERSION:-0.4.9}"
 PY="${PYTHON:-python3}"
 
-die() { echo "build_plugins: $*" >&2; exit 1; }  # in find_headers (a subshell) it fails just that
+# The last reason is also kept in $REASON: a failure inside find_headers (a subshell) is reported
+# again in the final line, which is all `qrnn-deploy build-plugins` shows.
+REASON="$(mktemp)"
+trap 'rm -f "$REASON"' EXIT
+die() { echo "build_plugins: $*" >&2; echo "$*" >"$REASON"; exit 1; }  # in find_headers (a subshell) it fails just that
 
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=("cmake")
@@ -81,7 +85,8 @@ if INC="$(find_headers)"; then
     fi
   fi
 else
-  ort_problem="see the message above"
+  ort_problem="$(cat "$REASON")"
+  [ -n "$ort_problem" ] || ort_problem="no onnxruntime headers (see the message above)"
 fi
 ort_args=(-DQRNN_BUILD_ORT=ON -DQRNN_ORT_INCLUDE_DIR="${INC:-}")
 [ -z "$ort_problem" ] || ort_args=(-DQRNN_BUILD_ORT=OFF)

@@ -144,3 +144,17 @@ def test_cli_build_plugins_where_and_bad_options(capsys):
     with pytest.raises(SystemExit) as e:
         main(["build-plugins", "--jobs", "0"])
     assert e.value.code == 2 and capsys.readouterr().err.strip() == "error: --jobs must be >= 1, got 0"
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
+def test_build_plugins_says_why_libqrnn_ort_was_not_built(installed_layout, tmp_path, monkeypatch):
+    """`qrnn-deploy build-plugins` shows the script's last stderr line only: it said "...but not
+    libqrnn_ort.so: see the message above" and the message above (no npm, npm pack failed, a wrong
+    QRNN_ORT_INCLUDE_DIR) was dropped."""
+    monkeypatch.setenv("QRNN_CMAKE_ARGS", "-DQRNN_WITH_CUDA=OFF")  # CPU only: seconds, not minutes
+    monkeypatch.setenv("QRNN_ORT_INCLUDE_DIR", str(tmp_path / "no-headers"))
+    with pytest.raises(BuildError) as e:
+        _native.build_plugins(jobs=2)
+    msg = str(e.value)
+    assert "but not libqrnn_ort.so" in msg and "no-headers has no onnxruntime_cxx_api.h" in msg, msg
+    assert "see the message above" not in msg

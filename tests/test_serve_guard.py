@@ -248,3 +248,19 @@ def test_connections_that_never_send_a_whole_head_are_closed(translator):
             assert reply.count(b"HTTP/1.1 200") == 2 and b"408" not in reply, reply[:600]
     with pytest.raises(ConfigError, match="header_timeout"):
         ServeConfig(header_timeout=0).validate()
+
+
+def test_a_request_answered_before_its_body_came_gets_no_408_after_its_answer(translator):
+    """The guard answers 403 (or 401 / 413) without reading the body; the body still coming after
+    that answer counted as "part of a head", so the head deadline then wrote a second, unasked
+    response: 408 "the request's headers did not come in time"."""
+    cfg = ServeConfig(max_len=MAX_LEN, header_timeout=0.5)
+    with ServerThread(create_app(translator, cfg)) as srv:
+        with socket.create_connection(("127.0.0.1", srv.port)) as s:
+            s.sendall(b"POST /v1/translate HTTP/1.1\r\nHost: rebound.example\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 30\r\n\r\n{\"text\":")
+            time.sleep(0.2)
+            s.sendall(b" \"ab")  # more of the body, after the answer
+            reply, took = _read_until_closed(s, 10)
+        assert reply.startswith(b"HTTP/1.1 403") and b"forbidden_host" in reply, reply[:300]
+        assert b"408" not in reply and took < 5, reply

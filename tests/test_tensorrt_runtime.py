@@ -503,3 +503,26 @@ def test_runner_shared_by_threads_gives_each_its_own_results(fake_trt_bundle):
     for k in range(6):
         for a, w in zip(got[k], want[k]):
             np.testing.assert_allclose(a, w, atol=1e-5)
+
+
+def test_runner_after_a_failed_run_feeds_the_states_again_correctly(fake_trt_bundle):
+    """A run that failed after swapping a fed-back state's buffers left the record of returned
+    states in place: the retry with the same states read the other buffer (wrong logits)."""
+    b, trt, _ = fake_trt_bundle
+    ref = load_bundle(b, backend="onnxruntime").graph("lm")
+    g = load_bundle(b, backend="tensorrt").graph("lm")
+    tokens = np.array([[1, 2, 3, 4], [5, 6, 7, 8]], dtype=np.int64)
+    _, states = g.run({"tokens": tokens[:, :3]}, g.zero_states(2))
+    _, ref_states = ref.run({"tokens": tokens[:, :3]}, ref.zero_states(2))
+    ctx = next(iter(g.runner.contexts.values()))
+    ctx_type = type(ctx)
+    real = ctx_type.execute_async_v3
+    ctx_type.execute_async_v3 = lambda self, stream: False  # the next run fails after the inputs are set
+    try:
+        with pytest.raises(StreamError, match="failed to run"):
+            g.run({"tokens": tokens[:, 3:]}, states)
+    finally:
+        ctx_type.execute_async_v3 = real
+    out, _ = g.run({"tokens": tokens[:, 3:]}, states)
+    want, _ = ref.run({"tokens": tokens[:, 3:]}, ref_states)
+    np.testing.assert_allclose(out["logits"], want["logits"], atol=1e-6)

@@ -54,9 +54,10 @@ def build_plugins_cmd(build_dir: Optional[Path] = typer.Option(None, "--build-di
     if cuda is None and not _nvidia_driver_present():
         cuda = False
         typer.echo("no NVIDIA driver here: CPU plugins only (--cuda builds the CUDA kernels anyway)")
-    typer.echo(f"building the plugins from {_native.sources_dir()} into {build_dir or _native.default_build_dir()} ...")
-    out = _native.build_plugins(build_dir, jobs=jobs, cuda=False if cuda is False else None,
-                                ort_include=ort_include)
+    script = _native.build_script()
+    sources = script.parent.parent / "plugins" if script is not None else _native.sources_dir()
+    typer.echo(f"building the plugins from {sources} into {build_dir or _native.default_build_dir()} ...")
+    out = _native.build_plugins(build_dir, jobs=jobs, cuda=cuda, ort_include=ort_include)
     typer.echo(f"built: {', '.join(sorted(p.name for p in out.glob('lib*.so')))} in {out}")
     if build_dir is not None and out.resolve() not in {d.resolve() for d in _native.plugin_dirs()}:
         typer.echo(f"note: set QRNN_PLUGIN_DIR={out} so qrnn-deploy uses them")

@@ -196,10 +196,13 @@ class TensorRTRunner:
         chunk = int(np.shape(inputs[self.chunk_input])[1]) if self.chunk_input else 1
         profile = pick_profile(self.profile_names, chunk)
         ctx = self._context(profile)
+        # Forgotten until this call succeeds: a failure after some buffers were swapped below must
+        # not leave a record that points a retry at the wrong buffer.
+        last, self._last_outputs = self._last_outputs, {}
         keep = []  # host arrays must outlive their asynchronous copies
         for name in self.input_names:
             arr = inputs[name]
-            reused = self._last_outputs.get(name)
+            reused = last.get(name)
             if reused is not None and reused[0] is arr and np.array_equal(arr, reused[1]):
                 # The caller fed back, unchanged, the state array we returned: its data is still in
                 # the output's device buffer, so swap buffers instead of copying it up again.

@@ -125,6 +125,7 @@ def head_timeout_protocol(seconds: float) -> type:
     closed, after a 408 when part of a head came. A request whose head came is not timed here
     (its body has `send_timeout`, its response the app's own limits); a connection upgraded to a
     WebSocket is no longer this protocol's."""
+    import h11
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     class HeadTimeoutProtocol(AutoHTTPProtocol):
@@ -136,8 +137,17 @@ def head_timeout_protocol(seconds: float) -> type:
             self._arm_head_deadline()
 
         def data_received(self, data: bytes) -> None:
-            self._head_bytes = self._head_bytes or bool(data)
             super().data_received(data)
+            # h11: bytes of a next request's head wait in its buffer. (Not any bytes: the body of a
+            # request answered before it was read, e.g. 401 / 403 / 413, still comes after the
+            # response, and is no head: it must not earn that response a 408 after it.)
+            conn = getattr(self, "conn", None)
+            if conn is not None and conn.their_state is h11.IDLE and conn.trailing_data[0]:
+                self._head_bytes = True
+
+        def on_message_begin(self) -> None:  # httptools: a request's first bytes were parsed
+            self._head_bytes = True
+            super().on_message_begin()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
