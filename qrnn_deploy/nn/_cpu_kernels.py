@@ -75,8 +75,11 @@ def _loaded_or_warn():
     """The library for a call the kernel applies to; None after one warning line when it is missing."""
     global _warned
     lib = _load()
-    if lib is None and not _warned:
-        _warned = True
+    if lib is not None or _warned:
+        return lib
+    with _lock:  # two threads' first calls: one warning
+        first, _warned = not _warned, True
+    if first:
         warnings.warn(f"native CPU FoPool kernel unavailable ({_load_error}); fo_pool uses its PyTorch path",
                       KernelWarning, stacklevel=4)
     return lib
