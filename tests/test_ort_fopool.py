@@ -348,3 +348,49 @@ def test_loads_in_a_process_without_torch(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "OK", out.stderr
+
+
+# ------------------------------------------------------------------------------------------
+# Round 3 of mutation testing (see tests/test_hand_derived.py): cases the tests above let through.
+
+
+@pytest.mark.parametrize("pooling", ["f", "fo", "ifo"])
+def test_gates_with_an_empty_last_axis_are_refused_at_run_time(pooling):
+    # H = 0 is not P*H with H >= 1; the graph leaves the shape open, so the kernel's check must say so.
+    sess = session(pooling, 0, 0, "absent", True, np.float32)
+    expect_error(lambda: sess.run(None, {"gates": np.zeros((2, 3, 0), np.float32)}), "'gates'", "H >= 1")
+
+
+def test_float16_infinities_in_c0_stay_infinite():
+    # gates all 0: z = 0, f = o = 1/2, so c_t = c_{t-1} / 2 and h_t = c_t / 2; inf / 2 = inf
+    # (a float16 inf read as a large finite number would come out as 65536 / 2**k).
+    sess = session("fo", 0, 0, "input", True, np.float16)
+    c0 = np.array([[np.inf, -np.inf, 8.0]], np.float16)
+    h, c_last = sess.run(None, {"gates": np.zeros((2, 1, 9), np.float16), "c0": c0})
+    np.testing.assert_array_equal(c_last, np.array([[np.inf, -np.inf, 2.0]], np.float16))
+    np.testing.assert_array_equal(h[:, 0], np.array([[np.inf, -np.inf, 2.0], [np.inf, -np.inf, 1.0]], np.float16))
+
+
+def test_shape_errors_name_the_node_then_the_input():
+    sess = session("fo", 0, 0, "input", True, np.float32)
+    expect_error(lambda: sess.run(None, {"gates": np.zeros((2, 3, 12), np.float32), "c0": np.zeros((2, 4), np.float32)}),
+                 "FoPool node 'pool': input 'c0' must be [B, H] = [3, 4]")
+    expect_error(lambda: sess.run(None, {"gates": np.zeros((2, 3, 10), np.float32), "c0": np.zeros((3, 4), np.float32)}),
+                 "FoPool node 'pool': last axis of input 'gates' (10")
+
+
+def test_a_graph_with_an_empty_last_axis_fails_when_the_session_is_created():
+    expect_error(lambda: _native.ort_session(fopool_model("fo", gates_shape=[2, 3, 0], c0="absent")),
+                 "'gates'", "[2, 3, 0]", "H >= 1")
+
+
+def test_items_not_divisible_by_the_threads_are_all_computed():
+    # 200 * 3 * 256 elements: enough work for 2 threads; 3 work items (one per batch row, H = 256)
+    # split 2 + 1, so the last task holds fewer items than the others and must still run.
+    rng = np.random.default_rng(3)
+    T, B, H = 200, 3, 256
+    gates = rng.standard_normal((T, B, 3 * H)).astype(np.float32)
+    h, c_last = session("fo", 0, 0, "absent", True, np.float32, 2).run(None, {"gates": gates})
+    h_ref, c_ref = reference(gates, None, "fo", 0, 0)
+    np.testing.assert_allclose(h, h_ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(c_last, c_ref, rtol=1e-6, atol=1e-6)

@@ -262,3 +262,27 @@ def test_tensorrt_engines_checked_behind_stand_ins(seq2seq, tmp_path, monkeypatc
     assert "2 of 2 greedy translations identical" in out and out.rstrip().endswith("OK")
     code, out, err = run_cli(capsys, "verify", str(b), "--engine", "tensorrt")
     assert code == 0 and "graphs      on tensorrt: 4 cases" in out, err
+
+
+def test_tensorrt_default_tolerance_is_that_of_the_least_precise_engine(seq2seq, tmp_path, monkeypatch, capsys):
+    """Round 3 of mutation testing: one fp16 engine among fp32 ones sets the default --tol to 2e-2."""
+    from test_tensorrt_runtime import _FakeCudart, _fake_tensorrt
+
+    from qrnn_deploy.bundle import EngineSpec, load_manifest
+    from qrnn_deploy.export.tensorrt_engine import engine_profiles
+    from qrnn_deploy.runtime import tensorrt_backend
+
+    _, _, model = seq2seq
+    b = tmp_path / "b"
+    export_bundle(model, b, fo_pool="portable", verify=False, vocab=VOCAB)
+    man = load_manifest(b)
+    for role, precision in zip(man.graphs, ("fp32", "fp16")):
+        (b / f"{role}.plan").write_bytes((b / f"{role}.onnx").read_bytes())
+        man.engines[role] = EngineSpec(file=f"{role}.plan", precision=precision, plugin="none",
+                                       profiles=engine_profiles(man, role, max_batch=4, max_chunk=16, max_source=32))
+    man.write(b)
+    cudart = _FakeCudart()
+    monkeypatch.setattr(tensorrt_backend, "_import_tensorrt", lambda: _fake_tensorrt(cudart))
+    monkeypatch.setattr(tensorrt_backend, "_import_cuda_runtime", lambda: cudart)
+    code, out, err = run_cli(capsys, "verify", str(b), "--engine", "tensorrt")
+    assert code == 0 and "(tolerance 0.02)" in out, (out, err)
