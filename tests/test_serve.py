@@ -1199,3 +1199,25 @@ def test_web_page_queues_sentences_keeps_text_fits_phones_and_asks_for_the_key(t
     assert width <= 375
     assert emoji_err == "" and too_large == 0
     assert failed_box == "abc" and failed_rows == [["abc", want_short]]
+
+
+def test_outbox_results_put_before_the_loop_is_set_still_wake_it_later():
+    """A put with no event loop yet left a wake-up marked pending for ever: no later result woke
+    the loop."""
+    from qrnn_deploy.serve.metrics import ServerMetrics
+    from qrnn_deploy.serve.outbox import Outbox
+
+    class Loop:
+        calls = 0
+
+        def is_closed(self):
+            return False
+
+        def call_soon_threadsafe(self, fn):
+            Loop.calls += 1
+
+    box = Outbox(ServerMetrics())
+    box.put([("job", {"type": "token"})], urgent=True)
+    box.loop = Loop()
+    box.put([("job", {"type": "done"})], urgent=True)
+    assert Loop.calls == 1

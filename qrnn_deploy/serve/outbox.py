@@ -69,12 +69,14 @@ class Outbox:
 
     def _wake(self) -> None:
         loop = self.loop
-        if loop is None or loop.is_closed():
-            return
         try:
-            loop.call_soon_threadsafe(self._take)
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self._take)
+                return
         except RuntimeError:  # the loop closed meanwhile (process exit)
             pass
+        with self._lock:  # nothing will take them: the next put must try again
+            self._wake_pending = False
 
     # -- the event loop -----------------------------------------------------------------------------
 
