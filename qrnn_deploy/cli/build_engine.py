@@ -7,7 +7,8 @@ import typer
 from qrnn_deploy.cli.app import app
 
 
-@app.command("build-engine")
+@app.command("build-engine", short_help="Build one TensorRT engine per graph and list them in the bundle's manifest "
+                                          "(needs TensorRT and an NVIDIA GPU).")
 def build_engine(bundle: str = typer.Argument(..., help="A bundle directory (qrnn-deploy export)."),
                  fp16: bool = typer.Option(False, "--fp16", help="Allow float16 kernels (FoPool: fp16 storage, "
                                                                   "fp32 arithmetic)."),

@@ -124,7 +124,8 @@ def _tok(t) -> str:
     return "end" if t is None else str(t)
 
 
-@app.command()
+@app.command(short_help="Check a bundle: streaming against one whole pass and, given its checkpoint, its "
+                        "graphs and the runtime's results against PyTorch's.")
 def verify(bundle: str = typer.Argument(..., help="A bundle directory (written by `qrnn-deploy export`)."),
            checkpoint: Optional[str] = typer.Argument(
                None, help="The checkpoint the bundle was exported from: its graphs are compared with the "
