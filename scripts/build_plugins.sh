@@ -56,8 +56,10 @@ find_headers() {
     local tgz="$CACHE/npm/$NPM_PKG-$NPM_VERSION.tgz"
     if [ ! -f "$tgz" ]; then
       echo "build_plugins: fetching onnxruntime headers: npm pack $NPM_PKG@$NPM_VERSION" >&2
-      (cd "$CACHE/npm" && npm pack --silent "$NPM_PKG@$NPM_VERSION" >/dev/null) \
-        || die "npm pack $NPM_PKG@$NPM_VERSION failed (no registry access?); set QRNN_ORT_INCLUDE_DIR to onnxruntime headers instead"
+      # npm's own cache (a second copy of the tarball, and its logs) goes under ours, not ~/.npm,
+      # and is removed with the tarball below.
+      (cd "$CACHE/npm" && npm pack --silent --cache "$CACHE/npm/cache" "$NPM_PKG@$NPM_VERSION" >/dev/null) \
+        || { rm -rf "$CACHE/npm/cache"; die "npm pack $NPM_PKG@$NPM_VERSION failed (no registry access?); set QRNN_ORT_INCLUDE_DIR to onnxruntime headers instead"; }
     fi
     local tmp; tmp="$(mktemp -d "$CACHE/headers.XXXXXX")"
     # Any slice of the xcframework: the C/C++ API headers are platform-independent.
@@ -66,8 +68,9 @@ find_headers() {
     rm -rf "$dest"
     mv "$tmp/package/Plugins/iOS~/onnxruntime.xcframework/ios-arm64/onnxruntime.framework/Headers" "$dest"
     rm -rf "$tmp"
-    # Headers are what we need; the 150 MB tarball is not.
+    # Headers are what we need; the 150 MB tarball (and npm's cached copy of it) are not.
     rm -f "$tgz"
+    rm -rf "$CACHE/npm/cache"
   fi
   echo "$dest"
 }
