@@ -29,8 +29,7 @@ from typing import Optional, Sequence, Union
 
 from qrnn_deploy.errors import BuildError, ConfigError
 
-_BUILD_HINT = ("run `qrnn-deploy build-plugins` (in a source checkout: bash scripts/build_plugins.sh; "
-               "needs cmake, a C++17 compiler and npm or onnxruntime headers)")
+_NEEDS = "needs cmake, a C++17 compiler and npm or onnxruntime headers"
 
 _PACKAGE = Path(__file__).resolve().parent
 _TREE_PLUGINS = _PACKAGE.parent / "plugins"          # a source checkout (editable install)
@@ -39,6 +38,13 @@ _SHIPPED = _PACKAGE / "_native_src"                  # a wheel: plugins/ and scr
 
 def _in_checkout() -> bool:
     return (_TREE_PLUGINS / "CMakeLists.txt").is_file()
+
+
+def _build_hint() -> str:
+    """How to build the libraries, for this install (a checkout has the script; a wheel the command)."""
+    if _in_checkout():
+        return f"run `bash scripts/build_plugins.sh` or `qrnn-deploy build-plugins` ({_NEEDS})"
+    return f"run `qrnn-deploy build-plugins` ({_NEEDS})"
 
 
 def sources_dir() -> Path:
@@ -133,7 +139,7 @@ def _find(file_name: str, env_var: str) -> Optional[Path]:
     if explicit:
         p = Path(explicit)
         if not p.is_file():
-            raise BuildError(f"{env_var}={explicit} is not a file; unset it or {_BUILD_HINT}")
+            raise BuildError(f"{env_var}={explicit} is not a file; unset it or {_build_hint()}")
         return p
     for d in plugin_dirs():
         p = d / file_name
@@ -149,7 +155,7 @@ def ort_library_path() -> str:
     """
     p = _find("libqrnn_ort.so", "QRNN_ORT_LIBRARY")
     if p is None:
-        raise BuildError(f"the onnxruntime FoPool library libqrnn_ort.so is not built: {_BUILD_HINT}")
+        raise BuildError(f"the onnxruntime FoPool library libqrnn_ort.so is not built: {_build_hint()}")
     return str(p)
 
 
@@ -160,7 +166,7 @@ def kernels_library_path() -> str:
     """
     p = _find("libqrnn_kernels.so", "QRNN_KERNELS_LIBRARY")
     if p is None:
-        raise BuildError(f"the native kernel library libqrnn_kernels.so is not built: {_BUILD_HINT}")
+        raise BuildError(f"the native kernel library libqrnn_kernels.so is not built: {_build_hint()}")
     return str(p)
 
 

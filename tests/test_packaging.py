@@ -89,8 +89,9 @@ def test_installed_package_looks_in_the_user_cache(installed_layout, tmp_path):
     assert _native.plugin_dirs() == [d]
     assert _native.sources_dir() == installed_layout / "plugins"
     assert _native.cuda_sources_dir() == installed_layout / "plugins" / "cuda"
-    with pytest.raises(BuildError, match="qrnn-deploy build-plugins"):
+    with pytest.raises(BuildError, match="qrnn-deploy build-plugins") as e:
         _native.ort_library_path()
+    assert "scripts/" not in str(e.value)  # a wheel user has no checkout
     d.mkdir(parents=True)
     (d / "libqrnn_ort.so").write_bytes(b"")
     assert _native.ort_library_path() == str(d / "libqrnn_ort.so")
