@@ -703,30 +703,34 @@ def test_engine_joins_waiting_pieces_of_one_translation(translator):
     assert texts == [translator.translate(s, max_len=MAX_LEN) for s in ["gag", "abcde", "feed"]]
 
 
+class _TakingLoop:
+    """An event loop stand-in for Outbox: counts wake-ups and takes the outbox at once."""
+
+    def __init__(self):
+        self.wakes = 0
+
+    def is_closed(self):
+        return False
+
+    def call_soon_threadsafe(self, fn):
+        self.wakes += 1
+        fn.__self__._wake_pending = False
+
+
 def test_flush_interval_grows_with_the_streams_being_decoded():
     """Tokens of a short step wait for the next one while the flush interval allows: 1 ms with
     one stream, 1/8 ms more per stream under load up to flush_max_ms; first tokens never wait."""
     from qrnn_deploy.serve.metrics import ServerMetrics
     from qrnn_deploy.serve.outbox import Outbox
 
-    class Loop:
-        wakes = 0
-
-        def is_closed(self):
-            return False
-
-        def call_soon_threadsafe(self, fn):
-            Loop.wakes += 1
-            fn.__self__._wake_pending = False  # as if the loop took the outbox at once
-
     def woke(box, streams, since_wake, step, urgent=False):
         box._last_wake = time.perf_counter() - since_wake
-        before = Loop.wakes
+        before = box.loop.wakes
         box.put([("job", {"type": "token"})], urgent, streams, step)
-        return Loop.wakes > before
+        return box.loop.wakes > before
 
     box = Outbox(ServerMetrics(), flush_ms=1.0, flush_max_ms=4.0)
-    box.loop = Loop()
+    box.loop = _TakingLoop()
     assert not woke(box, 1, 0.0002, 0.0002)  # 0.4 ms < 1 ms: held for the next step
     assert woke(box, 1, 0.0009, 0.0002)  # the next step would end after 1 ms
     assert not woke(box, 32, 0.0025, 0.001)  # 32 streams: 4 ms
@@ -736,12 +740,24 @@ def test_flush_interval_grows_with_the_streams_being_decoded():
     assert woke(box, 500, 0.0031, 0.001)  # never beyond flush_max_ms
     assert woke(box, 32, 0.0, 0.0001, urgent=True)  # first tokens, done, errors: at once
     fixed = Outbox(ServerMetrics(), flush_ms=1.0, flush_max_ms=1.0)  # --flush-max-ms = --flush-ms: no growth
-    fixed.loop = Loop()
+    fixed.loop = _TakingLoop()
     assert woke(fixed, 32, 0.0009, 0.0002)
     with pytest.raises(Exception, match="flush_max_ms must be in"):
         ServeConfig(flush_ms=2.0, flush_max_ms=1.0).validate()
     assert ServeConfig(flush_ms=10.0).validate().flush_limit_ms() == 10.0
 
+
+def test_outbox_results_put_before_the_loop_is_set_still_wake_it_later():
+    """A put with no event loop yet left a wake-up marked pending for ever: no later result woke
+    the loop."""
+    from qrnn_deploy.serve.metrics import ServerMetrics
+    from qrnn_deploy.serve.outbox import Outbox
+
+    box = Outbox(ServerMetrics())
+    box.put([("job", {"type": "token"})], urgent=True)
+    box.loop = _TakingLoop()
+    box.put([("job", {"type": "done"})], urgent=True)
+    assert box.loop.wakes == 1
 
 class FailingSource(SlowTranslator):
     """Source pieces containing '!' fail to encode (a runtime error while encoding)."""
@@ -1200,24 +1216,3 @@ def test_web_page_queues_sentences_keeps_text_fits_phones_and_asks_for_the_key(t
     assert emoji_err == "" and too_large == 0
     assert failed_box == "abc" and failed_rows == [["abc", want_short]]
 
-
-def test_outbox_results_put_before_the_loop_is_set_still_wake_it_later():
-    """A put with no event loop yet left a wake-up marked pending for ever: no later result woke
-    the loop."""
-    from qrnn_deploy.serve.metrics import ServerMetrics
-    from qrnn_deploy.serve.outbox import Outbox
-
-    class Loop:
-        calls = 0
-
-        def is_closed(self):
-            return False
-
-        def call_soon_threadsafe(self, fn):
-            Loop.calls += 1
-
-    box = Outbox(ServerMetrics())
-    box.put([("job", {"type": "token"})], urgent=True)
-    box.loop = Loop()
-    box.put([("job", {"type": "done"})], urgent=True)
-    assert Loop.calls == 1
