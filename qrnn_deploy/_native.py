@@ -40,6 +40,11 @@ def _in_checkout() -> bool:
     return (_TREE_PLUGINS / "CMakeLists.txt").is_file()
 
 
+def _installed() -> bool:
+    """An installed package (wheel, sdist) carrying the plugin sources, not a source checkout."""
+    return not _in_checkout() and (_SHIPPED / "plugins").is_dir()
+
+
 def _build_hint() -> str:
     """How to build the libraries, for this install (a checkout has the script; a wheel the command)."""
     if _in_checkout():
@@ -53,9 +58,7 @@ def sources_dir() -> Path:
     root = os.environ.get("QRNN_PLUGIN_SOURCES") or os.environ.get("QRNN_PLUGINS_DIR")
     if root:
         return Path(root)
-    if _in_checkout() or not (_SHIPPED / "plugins").is_dir():
-        return _TREE_PLUGINS
-    return _SHIPPED / "plugins"
+    return _SHIPPED / "plugins" if _installed() else _TREE_PLUGINS
 
 
 def build_script() -> Optional[Path]:
@@ -67,7 +70,8 @@ def build_script() -> Optional[Path]:
 
 
 def cache_root() -> Path:
-    """$QRNN_CACHE_DIR, default ~/.cache/qrnn-deploy (the CUDA kernels are cached there too)."""
+    """$QRNN_CACHE_DIR, default ~/.cache/qrnn-deploy: built plugins (installed packages), the
+    compiled CUDA kernels (cuda/) and TensorRT AOT PTX (ptx/)."""
     return Path(os.environ.get("QRNN_CACHE_DIR", Path.home() / ".cache" / "qrnn-deploy"))
 
 
@@ -88,9 +92,9 @@ def sources_digest(root: Optional[Path] = None) -> str:
 def default_build_dir() -> Path:
     """Where the libraries are built and looked for: plugins/build/ of a source checkout, else
     $QRNN_CACHE_DIR/plugins/<sources_digest()> (so a new release never loads an old build)."""
-    if _in_checkout() or not (_SHIPPED / "plugins").is_dir():
-        return _TREE_PLUGINS / "build"
-    return cache_root() / "plugins" / sources_digest(_SHIPPED / "plugins")
+    if _installed():
+        return cache_root() / "plugins" / sources_digest(_SHIPPED / "plugins")
+    return _TREE_PLUGINS / "build"
 
 
 def plugin_dirs() -> list[Path]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from qrnn_deploy._native import cuda_sources_dir
+from qrnn_deploy._native import cache_root, cuda_sources_dir
 from qrnn_deploy.errors import BuildError, ConfigError
 
 AOT_SOURCE = "fo_pool_aot.cu"
@@ -115,7 +115,7 @@ def compile_ptx(arch: str = "compute_80", nvcc: Optional[str] = None, cache_dir:
         raise BuildError(f"cannot run {exe}: {e}") from None
     key = hashlib.sha256(src.read_bytes() + (cuda_sources_dir() / KERNEL_HEADER).read_bytes()
                          + version.encode() + arch.encode()).hexdigest()[:16]
-    root = Path(cache_dir) if cache_dir else Path(os.environ.get("QRNN_CACHE_DIR", Path.home() / ".cache" / "qrnn-deploy")) / "ptx"
+    root = Path(cache_dir) if cache_dir else cache_root() / "ptx"
     target = root / f"fo_pool_aot-{arch}-{key}.ptx"
     if target.is_file():
         return target.read_text()

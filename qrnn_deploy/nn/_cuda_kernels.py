@@ -27,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from qrnn_deploy._native import cuda_sources_dir
+from qrnn_deploy._native import cache_root, cuda_sources_dir
 from qrnn_deploy.errors import BuildError
 from qrnn_deploy.nn._cpu_kernels import KernelWarning  # one warning class for both devices
 
@@ -56,7 +56,7 @@ def find_nvcc() -> Optional[str]:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("QRNN_CACHE_DIR", Path.home() / ".cache" / "qrnn-deploy")) / "cuda"
+    return cache_root() / "cuda"
 
 
 def nvcc_flags(arch: str) -> list[str]:
