@@ -13,7 +13,9 @@
    in the same run;
 4. the paper's Figure 4 (right) table: one QRNN layer of 320 units (window 2, with its gate
    projection) against torch.nn.LSTM (cuDNN) of 320 units, forward, batch x sequence length;
-5. a training step of a 2-layer 640-unit language model, QRNN against cuDNN LSTM.
+5. a training step of a 2-layer 640-unit language model, QRNN against cuDNN LSTM;
+6. a tuning sweep: kernel variants (loads in flight per thread, block size) built side by side,
+   each checked for parity and timed forward and backward beside the shipped default.
 Writes DIR/benchmarks-gpu.md (the section for docs/benchmarks-gpu.md) and DIR/gpu_check.json.
 Exit status 1 when any parity check fails.
 """
@@ -324,6 +326,78 @@ def bandwidth(device: torch.device, quick: bool) -> list:
     return rows
 
 
+# ---- tuning sweep -----------------------------------------------------------------------------
+
+# (steps of loads in flight per thread, threads per block); the first is the shipped default.
+SWEEP = ((4, 128), (2, 128), (8, 128), (16, 128), (8, 256), (8, 64))
+
+
+def _build_variant(arch: str, unroll: int, block: int, out_dir: Path):
+    """Starts nvcc on fo_pool_cuda.cu with QRNN_FO_POOL_UNROLL / _BLOCK defined: (process, library path)."""
+    from qrnn_deploy._native import cuda_sources_dir
+    lib = out_dir / f"libqrnn_fo_pool_cuda_u{unroll}_b{block}.so"
+    cmd = [_cuda_kernels.find_nvcc(), *_cuda_kernels.nvcc_flags(arch), f"-DQRNN_FO_POOL_UNROLL={unroll}",
+           f"-DQRNN_FO_POOL_BLOCK={block}", "-shared", "-o", str(lib), str(cuda_sources_dir() / "fo_pool_cuda.cu")]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), lib
+
+
+def _time_c_api(lib, device, T, B, H, dtype, backward: bool) -> float:
+    """Median ms of one forward (fo, c0 given) or backward launch through the C API."""
+    codes = _cuda_kernels.DTYPE_CODES
+    gates = torch.randn(T, B, 3 * H, device=device).to(dtype)
+    c0 = torch.randn(B, H, device=device).to(dtype)
+    h = torch.empty(T, B, H, device=device, dtype=dtype)
+    cl = torch.empty(B, H, device=device, dtype=dtype)
+    stream = torch.cuda.current_stream(device).cuda_stream
+    if not backward:
+        fn = lambda: lib.qrnn_fo_pool_cuda_forward(codes[dtype], codes[dtype], gates.data_ptr(), c0.data_ptr(),  # noqa: E731
+                                                   h.data_ptr(), cl.data_ptr(), T, B, H, 3, 0, 0, stream)
+    else:
+        dg, dc0 = torch.empty_like(gates), torch.empty_like(c0)
+        ws = torch.empty(lib.qrnn_fo_pool_cuda_backward_workspace_size(codes[dtype], T, B, H), dtype=torch.uint8,
+                         device=device)
+        fn = lambda: lib.qrnn_fo_pool_cuda_backward(codes[dtype], codes[dtype], h.data_ptr(), cl.data_ptr(),  # noqa: E731
+                                                    gates.data_ptr(), c0.data_ptr(), dg.data_ptr(), dc0.data_ptr(),
+                                                    ws.data_ptr(), T, B, H, 3, 0, 0, stream)
+    rc = fn()
+    if rc:
+        raise RuntimeError(f"launch failed: {lib.qrnn_fo_pool_cuda_error_string(rc).decode()}")
+    return timed(fn, device)
+
+
+def sweep(device: torch.device, quick: bool) -> list:
+    """Kernel variants (loads in flight per thread, block size): parity through the C API on the
+    quick cases, and forward / backward times at the bandwidth sizes, beside the shipped default."""
+    if device.type != "cuda":
+        return []
+    arch = _cuda_kernels._arch(device)
+    out_dir = Path(tempfile.mkdtemp(prefix="qrnn-sweep-"))
+    procs = [(u, b, *_build_variant(arch, u, b, out_dir)) for u, b in SWEEP]  # built side by side
+    sizes = [(16, 8, 64)] if quick else [(256, 256, 1024), (1024, 64, 2048), (512, 8, 320)]
+    gen = torch.Generator().manual_seed(7)
+    rows = []
+    for unroll, block, proc, path in procs:
+        log = proc.communicate()[0]
+        row = {"unroll": unroll, "block": block}
+        if proc.returncode != 0:
+            row["error"] = "nvcc: " + next((ln for ln in log.splitlines() if "error" in ln), log[-300:])
+            rows.append(row)
+            continue
+        lib = _cuda_kernels._load(path)
+        worst = 0.0
+        for case in parity_cases(True, device):
+            inputs = make_inputs(case, device, gen)
+            errs = rel_errors(run_c_api(lib, case, *inputs), reference(case, *inputs))
+            worst = max(worst, max(errs) / TOL[case["dtype"]])
+        row["parity"] = "PASS" if worst <= 1 else f"FAIL ({worst:.2g} x tolerance)"
+        for (T, B, H), dtype in itertools.product(sizes, [torch.float32, torch.float16]):
+            tag = f"{T}x{B}x{H} {str(dtype).replace('torch.', '')}"
+            row[f"fwd {tag}"] = round(_time_c_api(lib, device, T, B, H, dtype, False), 4)
+            row[f"bwd {tag}"] = round(_time_c_api(lib, device, T, B, H, dtype, True), 4)
+        rows.append(row)
+    return rows
+
+
 # ---- the paper's Figure 4 and the LM training step --------------------------------------------
 
 
@@ -437,6 +511,24 @@ def _md_lm(rows: list) -> list:
     return lines
 
 
+def _md_sweep(rows: list) -> list:
+    if not rows:
+        return ["Tuning sweep: skipped (no GPU)."]
+    keys = [k for k in rows[0] if k.startswith(("fwd ", "bwd "))]
+    base = rows[0]
+    lines = ["Tuning sweep of the kernel (C API launches; ms, and in brackets the default's time / this one's, "
+             f"> 1 is faster than the default unroll {base['unroll']}, block {base['block']}; fo pooling with c0, "
+             "[T, B, *] layout, T x B x H):", "",
+             "| unroll | block | parity | " + " | ".join(keys) + " |", "| --- | --- | --- |" + " --- |" * len(keys)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['unroll']} | {r['block']} | build failed: {r['error']} |" + " |" * len(keys))
+            continue
+        cells = [f"{r[k]} ({base[k] / r[k]:.2f})" if "error" not in base and r[k] else str(r[k]) for k in keys]
+        lines.append(f"| {r['unroll']} | {r['block']} | {r['parity']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(res: dict) -> str:
     env = res["environment"]
     lines = [f"## GPU check: {env['device']}", "",
@@ -446,7 +538,7 @@ def markdown(res: dict) -> str:
     lines += [f"Kernel build: {b.get('status', b.get('error'))}" + (f" in {b['seconds']} s" if "seconds" in b else ""),
               ""]
     for key, fn in (("parity", _md_parity), ("bandwidth", _md_bandwidth), ("figure4", _md_figure4),
-                    ("lm_training", _md_lm)):
+                    ("lm_training", _md_lm), ("sweep", _md_sweep)):
         value = res[key]
         if isinstance(value, dict) and "error" in value:
             lines += [f"{key}: **FAILED** ({value['error']})", ""]
@@ -473,7 +565,8 @@ def main(argv=None) -> int:
     for key, fn in [("build", lambda: build_kernels(device)), ("parity", lambda: parity(device, args.quick)),
                     ("bandwidth", lambda: bandwidth(device, args.quick)),
                     ("figure4", lambda: figure4(device, args.quick)),
-                    ("lm_training", lambda: lm_training_step(device, args.quick))]:
+                    ("lm_training", lambda: lm_training_step(device, args.quick)),
+                    ("sweep", lambda: sweep(device, args.quick))]:
         t = time.perf_counter()
         try:
             res[key] = fn()

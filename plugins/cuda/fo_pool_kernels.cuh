@@ -25,8 +25,13 @@
 // Threads per block of every FoPool kernel, and the launch rule (grid = ceil(B*H / block), one
 // dimension, no dynamic shared memory). qrnn_deploy/export/tensorrt_aot.py reads these two
 // numbers from this file, so the ahead-of-time plugin launches exactly as the C++ users do.
+// Only scripts/gpu_check.py's tuning sweep defines them otherwise (-D, into its own builds).
+#ifndef QRNN_FO_POOL_BLOCK
 #define QRNN_FO_POOL_BLOCK 128
+#endif
+#ifndef QRNN_FO_POOL_UNROLL
 #define QRNN_FO_POOL_UNROLL 4
+#endif
 
 // Everything but the __global__ wrappers is host-callable too: tests/test_cuda_build.py runs the
 // very same column functions on the CPU (plugins/cuda/fo_pool_host_check.cu) against the
