@@ -63,8 +63,8 @@ def host_lib(tmp_path_factory):
     assert res.returncode == 0, res.stderr[-3000:]
     lib = ctypes.CDLL(str(out))
     vp, i64, c = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    lib.qrnn_fo_pool_host_forward.argtypes = [c, c, vp, vp, vp, vp, i64, i64, i64, c, c, c]
-    lib.qrnn_fo_pool_host_backward.argtypes = [c, c, vp, vp, vp, vp, vp, vp, i64, i64, i64, c, c, c]
+    lib.qrnn_fo_pool_host_forward.argtypes = [c, c, vp, vp, vp, vp, i64, i64, i64, c, c, c, c]
+    lib.qrnn_fo_pool_host_backward.argtypes = [c, c, vp, vp, vp, vp, vp, vp, i64, i64, i64, c, c, c, c]
     return lib
 
 
@@ -72,15 +72,16 @@ def _p(t):
     return None if t is None else t.data_ptr()
 
 
-def _host_run(lib, gates, c0, grad_h, grad_c_last, pooling, batch_first, reverse, state_dtype=None):
-    """Kernel column functions on the CPU; outputs start as NaN so unwritten entries show."""
+def _host_run(lib, gates, c0, grad_h, grad_c_last, pooling, batch_first, reverse, state_dtype=None, vec=0):
+    """Kernel group functions on the CPU; outputs start as NaN so unwritten entries show.
+    vec = 0: columns per thread as the launchers choose them; else that many."""
     P = P_OF[pooling]
     T, B = (gates.shape[1], gates.shape[0]) if batch_first else gates.shape[:2]
     H = gates.shape[2] // P
     sdt = state_dtype or gates.dtype
     h = torch.full(gates.shape[:2] + (H,), float("nan"), dtype=gates.dtype)
     c_last = torch.full((B, H), float("nan"), dtype=sdt)
-    args = (T, B, H, P, int(batch_first), int(reverse))
+    args = (T, B, H, P, int(batch_first), int(reverse), vec)
     assert lib.qrnn_fo_pool_host_forward(CODES[gates.dtype], CODES[sdt], _p(gates), _p(c0), _p(h), _p(c_last),
                                          *args) == 0
     dg = torch.full_like(gates, float("nan"))
@@ -101,19 +102,26 @@ def _reference(gates, c0, grad_h, grad_c_last, pooling, batch_first, reverse):
 TOL = {torch.float32: 2e-5, torch.float64: 1e-12, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 
 
+# Columns per thread the launchers choose for H = 16 with aligned buffers (16-byte accesses).
+WIDEST = {torch.float32: 4, torch.float16: 8, torch.bfloat16: 8, torch.float64: 2}
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-def test_kernel_arithmetic_matches_the_reference(host_lib, dtype):
+@pytest.mark.parametrize("H, vec, width", [(5, 0, 1), (16, 0, None), (16, 1, 1), (6, 0, 2), (16, 2, 2)])
+def test_kernel_arithmetic_matches_the_reference(host_lib, dtype, H, vec, width):
+    width = width or WIDEST[dtype]
     gen = torch.Generator().manual_seed(0)
     for pooling, bf, rev, with_c0 in itertools.product(["f", "fo", "ifo"], [False, True], [False, True],
                                                        [False, True]):
-        T, B, H = 9, 3, 5  # T not a multiple of the kernels' unroll of 4
+        T, B = 9, 3  # T not a multiple of the kernels' unroll of 4
         P = P_OF[pooling]
         shape = (B, T, P * H) if bf else (T, B, P * H)
         gates = (torch.randn(shape, generator=gen, dtype=torch.float64) * 2).to(dtype)
         c0 = torch.randn(B, H, generator=gen, dtype=torch.float64).to(dtype) if with_c0 else None
         grad_h = torch.randn(shape[:2] + (H,), generator=gen, dtype=torch.float64).to(dtype)
         grad_c_last = torch.randn(B, H, generator=gen, dtype=torch.float64).to(dtype)
-        got = _host_run(host_lib, gates, c0, grad_h, grad_c_last, pooling, bf, rev)
+        got = _host_run(host_lib, gates, c0, grad_h, grad_c_last, pooling, bf, rev, vec=vec)
+        assert host_lib.qrnn_fo_pool_host_last_width() == width
         want = _reference(gates, c0, grad_h, grad_c_last, pooling, bf, rev)
         # Inputs are rounded to `dtype` before both runs, so the only difference is the rounding
         # of the outputs and the kernel's float32 arithmetic.
@@ -123,6 +131,32 @@ def test_kernel_arithmetic_matches_the_reference(host_lib, dtype):
                 continue
             err = (a.double() - b).abs().max().item()
             assert err <= TOL[dtype] * max(1.0, b.abs().max().item()), (name, pooling, bf, rev, with_c0, err)
+
+
+def test_misaligned_buffers_fall_back_to_narrower_accesses(host_lib):
+    # A view one element into its storage is 4-byte aligned: 8- and 16-byte accesses would fault
+    # on a GPU, so the rule takes one column per thread, and the result is still the reference's.
+    T, B, H = 5, 2, 16
+    gates = torch.randn(T * B * 3 * H + 1)[1:].view(T, B, 3 * H)
+    grad_h, gcl = torch.randn(T, B, H), torch.randn(B, H)
+    got = _host_run(host_lib, gates, None, grad_h, gcl, "fo", False, False)
+    assert host_lib.qrnn_fo_pool_host_last_width() == 1
+    want = _reference(gates, None, grad_h, gcl, "fo", False, False)
+    for a, b in zip(got[:3], want[:3]):
+        assert (a.double() - b).abs().max() < 1e-5
+    # Two elements in (8-byte aligned): two columns per thread.
+    gates2 = torch.randn(T * B * 3 * H + 2)[2:].view(T, B, 3 * H)
+    _host_run(host_lib, gates2, None, grad_h, gcl, "fo", False, False)
+    assert host_lib.qrnn_fo_pool_host_last_width() == 2
+
+
+def test_a_forced_width_must_divide_h(host_lib):
+    gates = torch.randn(4, 2, 3 * 6)
+    h, cl = torch.empty(4, 2, 6), torch.empty(2, 6)
+    args = (4, 2, 6, 3, 0, 0)
+    assert host_lib.qrnn_fo_pool_host_forward(0, 0, _p(gates), None, _p(h), _p(cl), *args, 4) == 3
+    assert host_lib.qrnn_fo_pool_host_forward(0, 0, _p(gates), None, _p(h), _p(cl), *args, 8) == 3  # > 16 bytes
+    assert host_lib.qrnn_fo_pool_host_forward(0, 0, _p(gates), None, _p(h), _p(cl), *args, 2) == 0
 
 
 def test_float32_state_beside_float16_gates_keeps_full_precision(host_lib):

@@ -17,22 +17,35 @@ int launch_forward(const void* gates, const void* c0, void* h, void* c_last, con
                    cudaStream_t stream) {
   const int64_t n = sh.columns();
   if (n == 0) return 0;
-  qrnn::cuda::fo_pool_forward_kernel<T, S><<<qrnn::cuda::fo_pool_grid(n), QRNN_FO_POOL_BLOCK, 0, stream>>>(
-      static_cast<const T*>(gates), static_cast<const S*>(c0), static_cast<T*>(h), static_cast<S*>(c_last), sh);
-  return static_cast<int>(cudaGetLastError());
+  const void* ptrs[] = {gates, h};
+  const int sizes[] = {sizeof(T), sizeof(T)};
+  const int v = qrnn::cuda::fo_pool_vector_width(sh.H, qrnn::cuda::fo_pool_max_vector<T>(), ptrs, sizes, 2);
+  return qrnn::cuda::with_vector_width<T>(v, [&](auto width) {
+    constexpr int V = decltype(width)::value;
+    qrnn::cuda::fo_pool_forward_kernel<T, S, V><<<qrnn::cuda::fo_pool_grid(n, V), QRNN_FO_POOL_BLOCK, 0, stream>>>(
+        static_cast<const T*>(gates), static_cast<const S*>(c0), static_cast<T*>(h), static_cast<S*>(c_last), sh);
+    return static_cast<int>(cudaGetLastError());
+  });
 }
 
 template <typename T, typename S>
 int launch_backward(const void* grad_h, const void* grad_c_last, const void* gates, const void* c0,
                     void* grad_gates, void* grad_c0, void* workspace, const FoPoolShape& sh,
                     cudaStream_t stream) {
+  using A = typename Acc<T>::type;
   const int64_t n = sh.columns();
   if (n == 0) return 0;
-  qrnn::cuda::fo_pool_backward_kernel<T, S><<<qrnn::cuda::fo_pool_grid(n), QRNN_FO_POOL_BLOCK, 0, stream>>>(
-      static_cast<const T*>(grad_h), static_cast<const S*>(grad_c_last), static_cast<const T*>(gates),
-      static_cast<const S*>(c0), static_cast<T*>(grad_gates), static_cast<S*>(grad_c0),
-      static_cast<typename Acc<T>::type*>(workspace), sh);
-  return static_cast<int>(cudaGetLastError());
+  const void* ptrs[] = {grad_h, gates, grad_gates, workspace};
+  const int sizes[] = {sizeof(T), sizeof(T), sizeof(T), sizeof(A)};
+  const int v = qrnn::cuda::fo_pool_vector_width(sh.H, qrnn::cuda::fo_pool_max_vector<T>(), ptrs, sizes, 4);
+  return qrnn::cuda::with_vector_width<T>(v, [&](auto width) {
+    constexpr int V = decltype(width)::value;
+    qrnn::cuda::fo_pool_backward_kernel<T, S, V><<<qrnn::cuda::fo_pool_grid(n, V), QRNN_FO_POOL_BLOCK, 0, stream>>>(
+        static_cast<const T*>(grad_h), static_cast<const S*>(grad_c_last), static_cast<const T*>(gates),
+        static_cast<const S*>(c0), static_cast<T*>(grad_gates), static_cast<S*>(grad_c0),
+        static_cast<A*>(workspace), sh);
+    return static_cast<int>(cudaGetLastError());
+  });
 }
 
 bool valid_shape(int64_t T, int64_t B, int64_t H, int P) {

@@ -5,9 +5,10 @@
 // plugins/cuda/fo_pool_aot.cu (extern "C" entry points whose PTX TensorRT's ahead-of-time plugin
 // embeds). Nothing here is copied anywhere else.
 //
-// Work split: one thread owns one column (b, h) and walks time; columns are independent, so
-// there is no synchronisation at all. Consecutive threads own consecutive h, so every load of a
-// gate slice and every store of h is coalesced in both layouts ([T, B, *] and [B, T, *]).
+// Work split: one thread owns one column (b, h), or V adjacent ones (see Pack), and walks time;
+// columns are independent, so there is no synchronisation at all. Consecutive threads own
+// consecutive h, so every load of a gate slice and every store of h is coalesced in both layouts
+// ([T, B, *] and [B, T, *]).
 // The recurrence is latency bound per column: each thread first issues the loads of
 // QRNN_FO_POOL_UNROLL steps (they do not depend on c), then runs the cheap arithmetic, so that
 // several loads are in flight per thread.
@@ -22,6 +23,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 // Threads per block of every FoPool kernel, and the launch rule (grid = ceil(B*H / block), one
 // dimension, no dynamic shared memory). qrnn_deploy/export/tensorrt_aot.py reads these two
 // numbers from this file, so the ahead-of-time plugin launches exactly as the C++ users do.
@@ -31,6 +34,10 @@
 #endif
 #ifndef QRNN_FO_POOL_UNROLL
 #define QRNN_FO_POOL_UNROLL 4
+#endif
+// Widest access a thread makes to a gate / h / gradient slice (bytes): see Pack below.
+#ifndef QRNN_FO_POOL_VEC_BYTES
+#define QRNN_FO_POOL_VEC_BYTES 16
 #endif
 
 // Everything but the __global__ wrappers is host-callable too: tests/test_cuda_build.py runs the
@@ -62,6 +69,43 @@ QRNN_HD double sigmoid_acc(double x) { return 1.0 / (1.0 + exp(-x)); }
 QRNN_HD float tanh_acc(float x) { return tanhf(x); }
 QRNN_HD double tanh_acc(double x) { return tanh(x); }
 
+// ---- vectors of adjacent columns -------------------------------------------------------------
+
+// One thread owns V adjacent columns (b, j .. j+V-1) of one batch row, so each step's slice of a
+// gate is one (or, past 16 bytes, a few) vector access(es) of V * sizeof(T) bytes instead of V
+// scalar ones: 16-bit storage moves 16 bytes per access instead of 2. The host launchers pick the
+// widest V (a power of two, V * sizeof(T) <= QRNN_FO_POOL_VEC_BYTES) that divides H and that every
+// pointer's alignment allows (fo_pool_vector_width), else V = 1, the plain column walk.
+template <typename T, int N> struct alignas(sizeof(T) * N) Pack { T v[N]; };
+
+// Elements per single access: at most 16 bytes (the widest load / store a thread issues).
+template <typename T, int V> struct Chunk {
+  static constexpr int value = (V * static_cast<int>(sizeof(T)) <= 16) ? V : 16 / static_cast<int>(sizeof(T));
+};
+
+template <int V, typename T, typename A>
+QRNN_HD void load_vec(const T* __restrict__ p, A (&out)[V]) {
+  constexpr int C = Chunk<T, V>::value;
+#pragma unroll
+  for (int k = 0; k < V; k += C) {
+    const Pack<T, C> pk = *reinterpret_cast<const Pack<T, C>*>(p + k);
+#pragma unroll
+    for (int e = 0; e < C; ++e) out[k + e] = static_cast<A>(load_as_acc(&pk.v[e]));
+  }
+}
+
+template <int V, typename T, typename A>
+QRNN_HD void store_vec(T* __restrict__ p, const A (&in)[V]) {
+  constexpr int C = Chunk<T, V>::value;
+#pragma unroll
+  for (int k = 0; k < V; k += C) {
+    Pack<T, C> pk;
+#pragma unroll
+    for (int e = 0; e < C; ++e) store_from_acc(&pk.v[e], in[k + e]);
+    *reinterpret_cast<Pack<T, C>*>(p + k) = pk;
+  }
+}
+
 // ---- shapes ----------------------------------------------------------------------------------
 
 // Where step t of column (b, h) lives. Gates [T, B, P*H] or [B, T, P*H]; h [T, B, H] or [B, T, H].
@@ -82,47 +126,65 @@ struct FoPoolShape {
 // h_t = o_t * c_t (or c_t for 'f'), c_t = f_t c_{t-1} + (1 - f_t) z_t (or + i_t z_t for 'ifo').
 // c0 may be null (zeros); c_last may be null (not wanted). S, the type of c0 / c_last, is T or
 // float: a float32 state beside 16-bit gates stays at full precision, as in the reference.
-template <typename T, typename S>
-QRNN_HD void fo_pool_forward_column(const T* __restrict__ gates, const S* __restrict__ c0,
-                                                       T* __restrict__ h, S* __restrict__ c_last,
-                                                       const FoPoolShape sh, int64_t col) {
+// `group` g owns columns g*V .. g*V+V-1 (H % V == 0, so they share one batch row b).
+template <typename T, typename S, int V>
+QRNN_HD void fo_pool_forward_group(const T* __restrict__ gates, const S* __restrict__ c0,
+                                   T* __restrict__ h, S* __restrict__ c_last, const FoPoolShape sh,
+                                   int64_t group) {
   using A = typename Acc<T>::type;
-  const int64_t b = col / sh.H, j = col - b * sh.H;
+  const int64_t col = group * V, b = col / sh.H, j = col - b * sh.H;
   const int64_t H = sh.H, PH = sh.P * sh.H;
-  A c = c0 ? static_cast<A>(load_as_acc(c0 + col)) : A(0);
+  A c[V];
+#pragma unroll
+  for (int v = 0; v < V; ++v) c[v] = c0 ? static_cast<A>(load_as_acc(c0 + col + v)) : A(0);
   for (int64_t s0 = 0; s0 < sh.T; s0 += QRNN_FO_POOL_UNROLL) {
-    A g[QRNN_FO_POOL_UNROLL][4];
+    A g[QRNN_FO_POOL_UNROLL][4][V];
 #pragma unroll
     for (int u = 0; u < QRNN_FO_POOL_UNROLL; ++u) {
       if (s0 + u < sh.T) {
         const T* gp = gates + sh.row(sh.step_to_time(s0 + u), b) * PH + j;
-        g[u][0] = load_as_acc(gp);
-        g[u][1] = load_as_acc(gp + H);
-        g[u][2] = sh.P >= 3 ? load_as_acc(gp + 2 * H) : A(0);
-        g[u][3] = sh.P == 4 ? load_as_acc(gp + 3 * H) : A(0);
+        load_vec<V>(gp, g[u][0]);
+        load_vec<V>(gp + H, g[u][1]);
+        if (sh.P >= 3) load_vec<V>(gp + 2 * H, g[u][2]);
+        if (sh.P == 4) load_vec<V>(gp + 3 * H, g[u][3]);
       }
     }
 #pragma unroll
     for (int u = 0; u < QRNN_FO_POOL_UNROLL; ++u) {
       if (s0 + u < sh.T) {
-        const A z = tanh_acc(g[u][0]);
-        const A f = sigmoid_acc(g[u][1]);
-        c = sh.P == 4 ? f * c + sigmoid_acc(g[u][3]) * z : f * c + (A(1) - f) * z;
-        const A out = sh.P == 2 ? c : sigmoid_acc(g[u][2]) * c;
-        store_from_acc(h + sh.row(sh.step_to_time(s0 + u), b) * H + j, out);
+        A out[V];
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+          const A z = tanh_acc(g[u][0][v]);
+          const A f = sigmoid_acc(g[u][1][v]);
+          c[v] = sh.P == 4 ? f * c[v] + sigmoid_acc(g[u][3][v]) * z : f * c[v] + (A(1) - f) * z;
+          out[v] = sh.P == 2 ? c[v] : sigmoid_acc(g[u][2][v]) * c[v];
+        }
+        store_vec<V>(h + sh.row(sh.step_to_time(s0 + u), b) * H + j, out);
       }
     }
   }
-  if (c_last) store_from_acc(c_last + col, c);
+  if (c_last) {
+#pragma unroll
+    for (int v = 0; v < V; ++v) store_from_acc(c_last + col + v, c[v]);
+  }
 }
 
+// One column (V = 1): what the TensorRT ahead-of-time entry points run.
 template <typename T, typename S>
+QRNN_HD void fo_pool_forward_column(const T* __restrict__ gates, const S* __restrict__ c0,
+                                    T* __restrict__ h, S* __restrict__ c_last, const FoPoolShape sh,
+                                    int64_t col) {
+  fo_pool_forward_group<T, S, 1>(gates, c0, h, c_last, sh, col);
+}
+
+template <typename T, typename S, int V>
 __global__ void __launch_bounds__(QRNN_FO_POOL_BLOCK)
 fo_pool_forward_kernel(const T* __restrict__ gates, const S* __restrict__ c0, T* __restrict__ h,
                        S* __restrict__ c_last, const FoPoolShape sh) {
-  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (col >= sh.columns()) return;
-  fo_pool_forward_column<T, S>(gates, c0, h, c_last, sh, col);
+  const int64_t group = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (group * V >= sh.columns()) return;
+  fo_pool_forward_group<T, S, V>(gates, c0, h, c_last, sh, group);
 }
 
 // ---- backward --------------------------------------------------------------------------------
@@ -139,36 +201,40 @@ fo_pool_forward_kernel(const T* __restrict__ gates, const S* __restrict__ c0, T*
 // so training memory is the same on both devices, at the price of a second read of the gates.
 // Inverting the recurrence (c_{s-1} = (c_s - (1-f) z) / f) would avoid the workspace but is
 // unstable when f is near 0, so it is not used.
-template <typename T, typename S>
-QRNN_HD void fo_pool_backward_column(
+template <typename T, typename S, int V>
+QRNN_HD void fo_pool_backward_group(
     const T* __restrict__ grad_h, const S* __restrict__ grad_c_last, const T* __restrict__ gates,
     const S* __restrict__ c0, T* __restrict__ grad_gates, S* __restrict__ grad_c0,
-    typename Acc<T>::type* __restrict__ workspace, const FoPoolShape sh, int64_t col) {
+    typename Acc<T>::type* __restrict__ workspace, const FoPoolShape sh, int64_t group) {
   using A = typename Acc<T>::type;
-  const int64_t b = col / sh.H, j = col - b * sh.H;
+  const int64_t col = group * V, b = col / sh.H, j = col - b * sh.H;
   const int64_t H = sh.H, PH = sh.P * sh.H, n = sh.columns();
-  const A c_init = c0 ? static_cast<A>(load_as_acc(c0 + col)) : A(0);
+  A c_init[V], c[V];
+#pragma unroll
+  for (int v = 0; v < V; ++v) c[v] = c_init[v] = c0 ? static_cast<A>(load_as_acc(c0 + col + v)) : A(0);
 
   // Pass 1: the forward scan, keeping every c_s.
-  A c = c_init;
   for (int64_t s0 = 0; s0 < sh.T; s0 += QRNN_FO_POOL_UNROLL) {
-    A gz[QRNN_FO_POOL_UNROLL], gf[QRNN_FO_POOL_UNROLL], gi[QRNN_FO_POOL_UNROLL];
+    A gz[QRNN_FO_POOL_UNROLL][V], gf[QRNN_FO_POOL_UNROLL][V], gi[QRNN_FO_POOL_UNROLL][V];
 #pragma unroll
     for (int u = 0; u < QRNN_FO_POOL_UNROLL; ++u) {
       if (s0 + u < sh.T) {
         const T* gp = gates + sh.row(sh.step_to_time(s0 + u), b) * PH + j;
-        gz[u] = load_as_acc(gp);
-        gf[u] = load_as_acc(gp + H);
-        gi[u] = sh.P == 4 ? load_as_acc(gp + 3 * H) : A(0);
+        load_vec<V>(gp, gz[u]);
+        load_vec<V>(gp + H, gf[u]);
+        if (sh.P == 4) load_vec<V>(gp + 3 * H, gi[u]);
       }
     }
 #pragma unroll
     for (int u = 0; u < QRNN_FO_POOL_UNROLL; ++u) {
       if (s0 + u < sh.T) {
-        const A z = tanh_acc(gz[u]);
-        const A f = sigmoid_acc(gf[u]);
-        c = sh.P == 4 ? f * c + sigmoid_acc(gi[u]) * z : f * c + (A(1) - f) * z;
-        workspace[(s0 + u) * n + col] = c;
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+          const A z = tanh_acc(gz[u][v]);
+          const A f = sigmoid_acc(gf[u][v]);
+          c[v] = sh.P == 4 ? f * c[v] + sigmoid_acc(gi[u][v]) * z : f * c[v] + (A(1) - f) * z;
+        }
+        store_vec<V>(workspace + (s0 + u) * n + col, c);
       }
     }
   }
@@ -176,72 +242,133 @@ QRNN_HD void fo_pool_backward_column(
   // Pass 2: walk the steps back, QRNN_FO_POOL_UNROLL steps of loads at a time (none depends on
   // the carried gradient). `carry` = f_{s+1} dc_{s+1} (dc_last before the last step); `c_s`
   // is carried down too, so each step reads one cell state, c_{s-1}.
-  A carry = grad_c_last ? static_cast<A>(load_as_acc(grad_c_last + col)) : A(0);
-  A c_s = c;
+  A carry[V], c_s[V];
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    carry[v] = grad_c_last ? static_cast<A>(load_as_acc(grad_c_last + col + v)) : A(0);
+    c_s[v] = c[v];
+  }
   for (int64_t s0 = sh.T - 1; s0 >= 0; s0 -= QRNN_FO_POOL_UNROLL) {
-    A g[QRNN_FO_POOL_UNROLL][4], dh[QRNN_FO_POOL_UNROLL], cp[QRNN_FO_POOL_UNROLL];
+    A g[QRNN_FO_POOL_UNROLL][4][V], dh[QRNN_FO_POOL_UNROLL][V], cp[QRNN_FO_POOL_UNROLL][V];
 #pragma unroll
     for (int u = 0; u < QRNN_FO_POOL_UNROLL; ++u) {
       const int64_t s = s0 - u;
       if (s >= 0) {
         const int64_t r = sh.row(sh.step_to_time(s), b);
         const T* gp = gates + r * PH + j;
-        g[u][0] = load_as_acc(gp);
-        g[u][1] = load_as_acc(gp + H);
-        g[u][2] = sh.P >= 3 ? load_as_acc(gp + 2 * H) : A(0);
-        g[u][3] = sh.P == 4 ? load_as_acc(gp + 3 * H) : A(0);
-        dh[u] = load_as_acc(grad_h + r * H + j);
-        cp[u] = s > 0 ? workspace[(s - 1) * n + col] : c_init;
+        load_vec<V>(gp, g[u][0]);
+        load_vec<V>(gp + H, g[u][1]);
+        if (sh.P >= 3) load_vec<V>(gp + 2 * H, g[u][2]);
+        if (sh.P == 4) load_vec<V>(gp + 3 * H, g[u][3]);
+        load_vec<V>(grad_h + r * H + j, dh[u]);
+        if (s > 0) {
+          load_vec<V>(workspace + (s - 1) * n + col, cp[u]);
+        } else {
+#pragma unroll
+          for (int v = 0; v < V; ++v) cp[u][v] = c_init[v];
+        }
       }
     }
 #pragma unroll
     for (int u = 0; u < QRNN_FO_POOL_UNROLL; ++u) {
       const int64_t s = s0 - u;
       if (s >= 0) {
+        A dz[V], df[V], d_o[V], di[V];
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+          const A z = tanh_acc(g[u][0][v]);
+          const A f = sigmoid_acc(g[u][1][v]);
+          const A c_prev = cp[u][v];
+          A dc = carry[v];
+          if (sh.P >= 3) {
+            const A o = sigmoid_acc(g[u][2][v]);
+            dc += dh[u][v] * o;
+            d_o[v] = dh[u][v] * c_s[v] * o * (A(1) - o);
+          } else {
+            dc += dh[u][v];
+          }
+          if (sh.P == 4) {
+            const A i = sigmoid_acc(g[u][3][v]);
+            dz[v] = dc * i * (A(1) - z * z);
+            df[v] = dc * c_prev * f * (A(1) - f);
+            di[v] = dc * z * i * (A(1) - i);
+          } else {
+            dz[v] = dc * (A(1) - f) * (A(1) - z * z);
+            df[v] = dc * (c_prev - z) * f * (A(1) - f);
+          }
+          carry[v] = f * dc;
+          c_s[v] = c_prev;
+        }
         T* dgp = grad_gates + sh.row(sh.step_to_time(s), b) * PH + j;
-        const A z = tanh_acc(g[u][0]);
-        const A f = sigmoid_acc(g[u][1]);
-        const A c_prev = cp[u];
-        A dc = carry;
-        if (sh.P >= 3) {
-          const A o = sigmoid_acc(g[u][2]);
-          dc += dh[u] * o;
-          store_from_acc(dgp + 2 * H, dh[u] * c_s * o * (A(1) - o));
-        } else {
-          dc += dh[u];
-        }
-        if (sh.P == 4) {
-          const A i = sigmoid_acc(g[u][3]);
-          store_from_acc(dgp, dc * i * (A(1) - z * z));
-          store_from_acc(dgp + H, dc * c_prev * f * (A(1) - f));
-          store_from_acc(dgp + 3 * H, dc * z * i * (A(1) - i));
-        } else {
-          store_from_acc(dgp, dc * (A(1) - f) * (A(1) - z * z));
-          store_from_acc(dgp + H, dc * (c_prev - z) * f * (A(1) - f));
-        }
-        carry = f * dc;
-        c_s = c_prev;
+        store_vec<V>(dgp, dz);
+        store_vec<V>(dgp + H, df);
+        if (sh.P >= 3) store_vec<V>(dgp + 2 * H, d_o);
+        if (sh.P == 4) store_vec<V>(dgp + 3 * H, di);
       }
     }
   }
-  if (grad_c0) store_from_acc(grad_c0 + col, carry);
+  if (grad_c0) {
+#pragma unroll
+    for (int v = 0; v < V; ++v) store_from_acc(grad_c0 + col + v, carry[v]);
+  }
 }
 
-template <typename T, typename S>
+template <typename T, typename S, int V>
 __global__ void __launch_bounds__(QRNN_FO_POOL_BLOCK)
 fo_pool_backward_kernel(const T* __restrict__ grad_h, const S* __restrict__ grad_c_last,
                         const T* __restrict__ gates, const S* __restrict__ c0, T* __restrict__ grad_gates,
                         S* __restrict__ grad_c0, typename Acc<T>::type* __restrict__ workspace,
                         const FoPoolShape sh) {
-  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (col >= sh.columns()) return;
-  fo_pool_backward_column<T, S>(grad_h, grad_c_last, gates, c0, grad_gates, grad_c0, workspace, sh, col);
+  const int64_t group = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (group * V >= sh.columns()) return;
+  fo_pool_backward_group<T, S, V>(grad_h, grad_c_last, gates, c0, grad_gates, grad_c0, workspace, sh, group);
 }
 
 // The launch rule shared by every host launcher (and mirrored, by reading the macros above, in
-// the ahead-of-time plugin): one thread per column.
-__host__ __forceinline__ unsigned int fo_pool_grid(int64_t columns) {
-  return static_cast<unsigned int>((columns + QRNN_FO_POOL_BLOCK - 1) / QRNN_FO_POOL_BLOCK);
+// the ahead-of-time plugin): one thread per group of V columns (V = 1 there).
+__host__ __forceinline__ unsigned int fo_pool_grid(int64_t columns, int V = 1) {
+  const int64_t groups = columns / V;
+  return static_cast<unsigned int>((groups + QRNN_FO_POOL_BLOCK - 1) / QRNN_FO_POOL_BLOCK);
+}
+
+// The widest V (a power of two) for H columns per batch row, `vmax` at most, such that every
+// pointer in `ptrs` (of elements of `sizes[i]` bytes) is aligned for the accesses of V elements
+// (min(V * size, 16) bytes). Null pointers are ignored.
+__host__ inline int fo_pool_vector_width(int64_t H, int vmax, const void* const* ptrs, const int* sizes, int count) {
+  for (int v = vmax; v > 1; v /= 2) {
+    if (H % v != 0) continue;
+    bool ok = true;
+    for (int k = 0; k < count && ok; ++k) {
+      const int64_t align = (v * sizes[k] < 16) ? v * sizes[k] : 16;
+      ok = reinterpret_cast<uintptr_t>(ptrs[k]) % static_cast<uintptr_t>(align) == 0;
+    }
+    if (ok) return v;
+  }
+  return 1;
+}
+
+// Largest V for storage T under QRNN_FO_POOL_VEC_BYTES (at least 1; at most 8).
+template <typename T> __host__ constexpr int fo_pool_max_vector() {
+  return QRNN_FO_POOL_VEC_BYTES / static_cast<int>(sizeof(T)) >= 8   ? 8
+         : QRNN_FO_POOL_VEC_BYTES / static_cast<int>(sizeof(T)) >= 4 ? 4
+         : QRNN_FO_POOL_VEC_BYTES / static_cast<int>(sizeof(T)) >= 2 ? 2
+                                                                      : 1;
+}
+
+// Calls f(std::integral_constant<int, V>) with V = v, instantiating only the widths storage T
+// can use (fo_pool_max_vector<T>); any other v runs V = 1.
+template <typename T, typename F>
+__host__ auto with_vector_width(int v, F&& f) {
+  if constexpr (fo_pool_max_vector<T>() >= 8) {
+    if (v == 8) return f(std::integral_constant<int, 8>{});
+  }
+  if constexpr (fo_pool_max_vector<T>() >= 4) {
+    if (v == 4) return f(std::integral_constant<int, 4>{});
+  }
+  if constexpr (fo_pool_max_vector<T>() >= 2) {
+    if (v == 2) return f(std::integral_constant<int, 2>{});
+  }
+  return f(std::integral_constant<int, 1>{});
 }
 
 }  // namespace cuda
