@@ -126,10 +126,10 @@ def build_kernels(device: torch.device) -> dict:
 
 def parity_cases(quick: bool, device: torch.device):
     dtypes = [torch.float32, torch.float16, torch.bfloat16]
-    # Partial blocks, T not a multiple of the unroll; H odd (one column per thread), H = 138 (two)
-    # and H a multiple of 8 (the widest accesses: 4 float32 / 8 16-bit columns per thread).
-    sizes = [(9, 3, 5), (9, 3, 16)] if quick else [(37, 5, 67), (5, 130, 129), (37, 5, 64), (6, 33, 136),
-                                                  (11, 7, 138)]
+    # Partial blocks, T not a multiple of the unroll, few columns (one a thread); B * H = 263,168
+    # (3 x 257 x 1024): the launchers' wide form (2 float32 / 4 16-bit columns a thread); B * H =
+    # 132,096: wide for float32 only (16-bit would keep too few threads).
+    sizes = [(9, 3, 5), (9, 3, 16)] if quick else [(37, 5, 67), (5, 130, 129), (3, 257, 1024), (4, 129, 1024)]
     for (T, B, H), dtype, pooling, bf, rev, with_c0 in itertools.product(
             sizes, dtypes, ["f", "fo", "ifo"], [False, True], [False, True], [False, True]):
         yield dict(T=T, B=B, H=H, dtype=dtype, pooling=pooling, batch_first=bf, reverse=rev, with_c0=with_c0)
@@ -335,20 +335,25 @@ def bandwidth(device: torch.device, quick: bool) -> list:
 
 # ---- tuning sweep -----------------------------------------------------------------------------
 
-# (steps of loads in flight per thread, threads per block, widest access in bytes); the first is
-# the shipped default. Widest access 2 makes every dtype but float64 one column per thread, as
-# the kernels were first written.
-SWEEP = ((4, 128, 16), (4, 128, 2), (4, 128, 8), (2, 128, 16), (8, 128, 16), (2, 256, 16), (4, 256, 16),
-         (8, 256, 16))
+# Kernel variants: a label and the QRNN_FO_POOL_* macros it defines (fo_pool_kernels.cuh); the
+# first is the shipped default. "VEC_BYTES 2" gives every dtype but float64 one column per thread.
+SWEEP = (("default", {}),
+         ("libm expf / tanhf", {"ACCURATE_MATH": 1}),
+         ("one column a thread", {"VEC_BYTES": 2}),
+         ("libm, one column a thread", {"ACCURATE_MATH": 1, "VEC_BYTES": 2}),
+         ("16-byte accesses", {"VEC_BYTES": 16}),
+         ("wide only from 131,072 threads", {"MIN_THREADS": 131072}),
+         ("unroll 2", {"UNROLL": 2}),
+         ("unroll 8", {"UNROLL": 8}),
+         ("block 256", {"BLOCK": 256}))
 
 
-def _build_variant(arch: str, unroll: int, block: int, vec_bytes: int, out_dir: Path):
-    """Starts nvcc on fo_pool_cuda.cu with QRNN_FO_POOL_UNROLL / _BLOCK / _VEC_BYTES defined:
-    (process, library path)."""
+def _build_variant(arch: str, index: int, defines: dict, out_dir: Path):
+    """Starts nvcc on fo_pool_cuda.cu with the QRNN_FO_POOL_* `defines`: (process, library path)."""
     from qrnn_deploy._native import cuda_sources_dir
-    lib = out_dir / f"libqrnn_fo_pool_cuda_u{unroll}_b{block}_v{vec_bytes}.so"
-    cmd = [_cuda_kernels.find_nvcc(), *_cuda_kernels.nvcc_flags(arch), f"-DQRNN_FO_POOL_UNROLL={unroll}",
-           f"-DQRNN_FO_POOL_BLOCK={block}", f"-DQRNN_FO_POOL_VEC_BYTES={vec_bytes}", "-shared", "-o", str(lib),
+    lib = out_dir / f"libqrnn_fo_pool_cuda_variant{index}.so"
+    cmd = [_cuda_kernels.find_nvcc(), *_cuda_kernels.nvcc_flags(arch),
+           *[f"-DQRNN_FO_POOL_{k}={v}" for k, v in defines.items()], "-shared", "-o", str(lib),
            str(cuda_sources_dir() / "fo_pool_cuda.cu")]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), lib
 
@@ -384,20 +389,24 @@ def sweep(device: torch.device, quick: bool) -> list:
         return []
     arch = _cuda_kernels._arch(device)
     out_dir = Path(tempfile.mkdtemp(prefix="qrnn-sweep-"))
-    procs = [(u, b, v, *_build_variant(arch, u, b, v, out_dir)) for u, b, v in SWEEP]  # built side by side
+    procs = [(label, defines, *_build_variant(arch, i, defines, out_dir))  # built side by side
+             for i, (label, defines) in enumerate(SWEEP)]
     sizes = [(16, 8, 64)] if quick else [(256, 256, 1024), (1024, 64, 2048), (512, 8, 320)]
+    # Parity on small shapes (one column a thread) and on B * H = 263,168 (the wide form).
+    cases = [c for c in parity_cases(True, device) if c["H"] == 16]
+    cases += [dict(c, T=3, B=257, H=1024) for c in cases]
     gen = torch.Generator().manual_seed(7)
     rows = []
-    for unroll, block, vec_bytes, proc, path in procs:
+    for label, defines, proc, path in procs:
         log = proc.communicate()[0]
-        row = {"unroll": unroll, "block": block, "vec_bytes": vec_bytes}
+        row = {"variant": label, "defines": " ".join(f"{k}={v}" for k, v in defines.items()) or "(none)"}
         if proc.returncode != 0:
             row["error"] = "nvcc: " + next((ln for ln in log.splitlines() if "error" in ln), log[-300:])
             rows.append(row)
             continue
         lib = _cuda_kernels._load(path)
         worst = 0.0
-        for case in parity_cases(True, device):
+        for case in cases:
             inputs = make_inputs(case, device, gen)
             errs = rel_errors(run_c_api(lib, case, *inputs), reference(case, *inputs))
             worst = max(worst, max(errs) / TOL[case["dtype"]])
@@ -529,13 +538,12 @@ def _md_sweep(rows: list) -> list:
     keys = [k for k in rows[0] if k.startswith(("fwd ", "bwd "))]
     base = rows[0]
     lines = ["Tuning sweep of the kernel (C API launches, 10 back to back per timing; ms, and in brackets the "
-             "default's time / this one's, > 1 is faster than the default: unroll "
-             f"{base['unroll']}, block {base['block']}, widest access {base['vec_bytes']} bytes; fo pooling with "
-             "c0, [T, B, *] layout, T x B x H):", "",
-             "| unroll | block | access bytes | parity | " + " | ".join(keys) + " |",
-             "| --- | --- | --- | --- |" + " --- |" * len(keys)]
+             "default's time / this one's, > 1 is faster than the default; fo pooling with c0, [T, B, *] layout, "
+             "T x B x H; the variants define QRNN_FO_POOL_* macros of fo_pool_kernels.cuh):", "",
+             "| variant | defines | parity | " + " | ".join(keys) + " |",
+             "| --- | --- | --- |" + " --- |" * len(keys)]
     for r in rows:
-        head = f"| {r['unroll']} | {r['block']} | {r['vec_bytes']} |"
+        head = f"| {r['variant']} | {r['defines']} |"
         if "error" in r:
             lines.append(f"{head} build failed: {r['error']} |" + " |" * len(keys))
             continue

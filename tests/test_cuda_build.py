@@ -102,14 +102,17 @@ def _reference(gates, c0, grad_h, grad_c_last, pooling, batch_first, reverse):
 TOL = {torch.float32: 2e-5, torch.float64: 1e-12, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 
 
-# Columns per thread the launchers choose for H = 16 with aligned buffers (16-byte accesses).
-WIDEST = {torch.float32: 4, torch.float16: 8, torch.bfloat16: 8, torch.float64: 2}
+# A thread's columns in the wide form (8-byte accesses): 2 float32, 4 16-bit; float64 has none.
+WIDE = {torch.float32: 2, torch.float16: 4, torch.bfloat16: 4, torch.float64: 1}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("H, vec, width", [(5, 0, 1), (16, 0, None), (16, 1, 1), (6, 0, 2), (16, 2, 2)])
+@pytest.mark.parametrize("H, vec, width", [(5, 0, 1), (16, 0, "wide"), (16, 1, 1), (6, 0, "wide if it divides"),
+                                           (16, "wide", "wide")])
 def test_kernel_arithmetic_matches_the_reference(host_lib, dtype, H, vec, width):
-    width = width or WIDEST[dtype]
+    wide = WIDE[dtype]
+    vec = wide if vec == "wide" else vec
+    width = {"wide": wide, "wide if it divides": wide if H % wide == 0 else 1}.get(width, width)
     gen = torch.Generator().manual_seed(0)
     for pooling, bf, rev, with_c0 in itertools.product(["f", "fo", "ifo"], [False, True], [False, True],
                                                        [False, True]):
@@ -154,9 +157,12 @@ def test_a_forced_width_must_divide_h(host_lib):
     gates = torch.randn(4, 2, 3 * 6)
     h, cl = torch.empty(4, 2, 6), torch.empty(2, 6)
     args = (4, 2, 6, 3, 0, 0)
-    assert host_lib.qrnn_fo_pool_host_forward(0, 0, _p(gates), None, _p(h), _p(cl), *args, 4) == 3
-    assert host_lib.qrnn_fo_pool_host_forward(0, 0, _p(gates), None, _p(h), _p(cl), *args, 8) == 3  # > 16 bytes
+    assert host_lib.qrnn_fo_pool_host_forward(0, 0, _p(gates), None, _p(h), _p(cl), *args, 4) == 3  # not float32's
+    assert host_lib.qrnn_fo_pool_host_forward(0, 0, _p(gates), None, _p(h), _p(cl), *args, 3) == 3
     assert host_lib.qrnn_fo_pool_host_forward(0, 0, _p(gates), None, _p(h), _p(cl), *args, 2) == 0
+    h16 = torch.empty(4, 2, 6, dtype=torch.float16)
+    g16 = gates.half()
+    assert host_lib.qrnn_fo_pool_host_forward(1, 1, _p(g16), None, _p(h16), None, *args, 4) == 3  # 4 does not divide 6
 
 
 def test_float32_state_beside_float16_gates_keeps_full_precision(host_lib):
@@ -222,6 +228,19 @@ def test_glue_library_builds_and_answers_without_a_device(torch_lib_path):
     assert lib.qrnn_fo_pool_cuda_forward(0, 0, None, None, None, None, 4, 0, 3, 3, 0, 0, None) == 0
     assert lib.qrnn_fo_pool_cuda_backward_workspace_size(1, 10, 4, 8) == 10 * 4 * 8 * 4
     assert lib.qrnn_fo_pool_cuda_backward_workspace_size(3, 10, 4, 8) == 10 * 4 * 8 * 8
+
+
+def test_glue_library_gives_threads_several_columns_only_for_large_launches(torch_lib_path):
+    lib = _cuda_kernels._load(torch_lib_path)
+    width = lambda dtype, B, H: lib.qrnn_fo_pool_cuda_columns_per_thread(CODES[dtype], B, H)  # noqa: E731
+    assert width(torch.float32, 256, 1024) == 2 and width(torch.float16, 256, 1024) == 4
+    assert width(torch.bfloat16, 256, 1024) == 4 and width(torch.float64, 256, 1024) == 1
+    # 65,536 threads at least: B * H = 131,072 keeps 2 float32 columns a thread, not 4 16-bit ones.
+    assert width(torch.float32, 64, 2048) == 2 and width(torch.float16, 64, 2048) == 1
+    assert width(torch.float32, 8, 320) == 1  # the paper's small batches: one column a thread
+    assert width(torch.float32, 257, 1023) == 1  # H odd
+    assert width(torch.float16, 2048, 66) == 1  # 4 does not divide H
+    assert lib.qrnn_fo_pool_cuda_columns_per_thread(9, 256, 1024) == 0
 
 
 def test_glue_build_is_cached_and_keyed(torch_lib_path, cache, monkeypatch):

@@ -58,11 +58,37 @@ def test_op_forward_backward_match_the_float64_reference(dtype, H):
             assert _rel(a.detach(), b.detach()) <= TOL[dtype], (name, pooling, bf, rev, with_c0)
 
 
+def _columns_per_thread(dtype, B, H):
+    lib = _cuda_kernels.library(torch.device("cuda"))
+    return lib.qrnn_fo_pool_cuda_columns_per_thread(_cuda_kernels.DTYPE_CODES[dtype], B, H)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_wide_launches_match_the_float64_reference(dtype):
+    # B * H large enough that each thread walks 2 (float32) or 4 (16-bit) columns.
+    T, B, H = 3, 257, 1024
+    assert _columns_per_thread(dtype, B, H) > 1
+    gen = torch.Generator().manual_seed(2)
+    for pooling, bf, rev in itertools.product(["f", "fo", "ifo"], [False, True], [False, True]):
+        shape = (B, T, P_OF[pooling] * H) if bf else (T, B, P_OF[pooling] * H)
+        r = lambda *s: (torch.randn(*s, generator=gen, dtype=torch.float64) * 2).to(dtype).cuda()  # noqa: E731
+        gates, c0, gh, gc = r(*shape), r(B, H), r(*shape[:2], H), r(B, H)
+        g, c = gates.clone().requires_grad_(), c0.clone().requires_grad_()
+        h, cl = fo_pool(g, c, pooling, bf, rev)
+        torch.autograd.backward([h, cl], [gh, gc])
+        g64, c64 = gates.double().requires_grad_(), c0.double().requires_grad_()
+        rh, rc = fo_pool_ref(g64, c64, pooling, bf, rev)
+        torch.autograd.backward([rh, rc], [gh.double(), gc.double()])
+        for name, a, b in [("h", h, rh), ("c_last", cl, rc), ("d gates", g.grad, g64.grad), ("d c0", c.grad, c64.grad)]:
+            assert _rel(a.detach(), b.detach()) <= TOL[dtype], (name, pooling, bf, rev)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_misaligned_views_run_with_narrower_accesses(dtype):
-    # A contiguous view one element into its storage: 16-byte accesses would fault, so the
-    # launcher's rule takes narrower ones; results and gradients are still the reference's.
-    T, B, H = 13, 5, 64
+    # A contiguous view one element into its storage: wide accesses would fault, so the
+    # launcher's rule takes one column per thread; results and gradients are still the reference's.
+    T, B, H = 3, 257, 1024
+    assert _columns_per_thread(dtype, B, H) > 1  # aligned, this shape would run wide
     n = T * B * 3 * H
     gates = torch.randn(n + 1, device="cuda", dtype=dtype)[1:].view(T, B, 3 * H).requires_grad_()
     h, cl = fo_pool(gates, None, "fo")

@@ -19,7 +19,7 @@ int launch_forward(const void* gates, const void* c0, void* h, void* c_last, con
   if (n == 0) return 0;
   const void* ptrs[] = {gates, h};
   const int sizes[] = {sizeof(T), sizeof(T)};
-  const int v = qrnn::cuda::fo_pool_vector_width(sh.H, qrnn::cuda::fo_pool_max_vector<T>(), ptrs, sizes, 2);
+  const int v = qrnn::cuda::fo_pool_launch_width(n, sh.H, qrnn::cuda::fo_pool_max_vector<T>(), ptrs, sizes, 2);
   return qrnn::cuda::with_vector_width<T>(v, [&](auto width) {
     constexpr int V = decltype(width)::value;
     qrnn::cuda::fo_pool_forward_kernel<T, S, V><<<qrnn::cuda::fo_pool_grid(n, V), QRNN_FO_POOL_BLOCK, 0, stream>>>(
@@ -37,7 +37,7 @@ int launch_backward(const void* grad_h, const void* grad_c_last, const void* gat
   if (n == 0) return 0;
   const void* ptrs[] = {grad_h, gates, grad_gates, workspace};
   const int sizes[] = {sizeof(T), sizeof(T), sizeof(T), sizeof(A)};
-  const int v = qrnn::cuda::fo_pool_vector_width(sh.H, qrnn::cuda::fo_pool_max_vector<T>(), ptrs, sizes, 4);
+  const int v = qrnn::cuda::fo_pool_launch_width(n, sh.H, qrnn::cuda::fo_pool_max_vector<T>(), ptrs, sizes, 4);
   return qrnn::cuda::with_vector_width<T>(v, [&](auto width) {
     constexpr int V = decltype(width)::value;
     qrnn::cuda::fo_pool_backward_kernel<T, S, V><<<qrnn::cuda::fo_pool_grid(n, V), QRNN_FO_POOL_BLOCK, 0, stream>>>(
@@ -115,5 +115,20 @@ const char* qrnn_fo_pool_cuda_error_string(int code) {
 }
 
 int qrnn_fo_pool_cuda_block_size(void) { return QRNN_FO_POOL_BLOCK; }
+
+int qrnn_fo_pool_cuda_columns_per_thread(int dtype, int64_t B, int64_t H) {
+  const void* aligned = reinterpret_cast<const void*>(static_cast<uintptr_t>(256));
+  const void* ptrs[] = {aligned};
+  int size = 0, vmax = 1;
+  switch (dtype) {
+    case QRNN_F32: size = sizeof(float), vmax = qrnn::cuda::fo_pool_max_vector<float>(); break;
+    case QRNN_F16: size = sizeof(__half), vmax = qrnn::cuda::fo_pool_max_vector<__half>(); break;
+    case QRNN_BF16: size = sizeof(__nv_bfloat16), vmax = qrnn::cuda::fo_pool_max_vector<__nv_bfloat16>(); break;
+    case QRNN_F64: size = sizeof(double), vmax = qrnn::cuda::fo_pool_max_vector<double>(); break;
+    default: return 0;
+  }
+  const int sizes[] = {size};
+  return qrnn::cuda::fo_pool_launch_width(B * H, H, vmax, ptrs, sizes, 1);
+}
 
 }  // extern "C"

@@ -43,6 +43,11 @@ const char* qrnn_fo_pool_cuda_error_string(int code);
 /* Threads per block of the FoPool kernels (QRNN_FO_POOL_BLOCK), for tests. */
 int qrnn_fo_pool_cuda_block_size(void);
 
+/* Columns each thread walks for gates of `dtype` with B * H columns and buffers aligned to 256
+ * bytes (as CUDA allocations are): 1, or 2 (float32) / 4 (16-bit) where H allows it and the launch
+ * keeps enough threads; less-aligned buffers get 1. For tests and benchmarks; 0 for an unknown dtype. */
+int qrnn_fo_pool_cuda_columns_per_thread(int dtype, int64_t B, int64_t H);
+
 #ifdef __cplusplus
 }
 #endif

@@ -17,12 +17,13 @@ using qrnn::cuda::FoPoolShape;
 
 int last_width = 0;  // the V of the last call, for tests
 
-// vec = 0: the launchers' rule (fo_pool_vector_width over the same pointers); else that V, which
-// must divide H and be one storage T can use.
+// vec = 0: the launchers' divisibility and alignment rule over the same pointers
+// (fo_pool_vector_width; not their thread-count rule, which small test shapes would always fail);
+// else that V, which must be 1 or storage T's wide V and divide H.
 template <typename T>
 int pick_width(int vec, int64_t H, const void* const* ptrs, const int* sizes, int count) {
   if (vec == 0) return qrnn::cuda::fo_pool_vector_width(H, qrnn::cuda::fo_pool_max_vector<T>(), ptrs, sizes, count);
-  if (vec < 1 || vec > qrnn::cuda::fo_pool_max_vector<T>() || (vec & (vec - 1)) || H % vec) return -1;
+  if (vec != 1 && (vec != qrnn::cuda::fo_pool_max_vector<T>() || H % vec)) return -1;
   return vec;
 }
 

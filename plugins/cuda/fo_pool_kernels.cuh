@@ -8,13 +8,17 @@
 // Work split: one thread owns one column (b, h), or V adjacent ones (see Pack), and walks time;
 // columns are independent, so there is no synchronisation at all. Consecutive threads own
 // consecutive h, so every load of a gate slice and every store of h is coalesced in both layouts
-// ([T, B, *] and [B, T, *]).
-// The recurrence is latency bound per column: each thread first issues the loads of
-// QRNN_FO_POOL_UNROLL steps (they do not depend on c), then runs the cheap arithmetic, so that
-// several loads are in flight per thread.
+// ([T, B, *] and [B, T, *]). Each thread first issues the loads of QRNN_FO_POOL_UNROLL steps
+// (they do not depend on c), then runs the arithmetic, so that several loads are in flight per
+// thread; it walks time by pointer steps (one add per step, no 64-bit index products).
 //
-// Arithmetic is float32 for float32 / float16 / bfloat16 storage (float64 for float64), exactly
-// as the reference fo_pool_ref and the PyTorch path compute.
+// Arithmetic is float32 for float32 / float16 / bfloat16 storage (float64 for float64), as the
+// reference fo_pool_ref and the PyTorch path compute. On the GPU, sigmoid and tanh are written
+// with the hardware exp2 and a fast reciprocal (__expf, __fdividef): a few instructions instead of
+// libm's tens, which decide the speed here (scripts/gpu_check.py's sweep measures both).
+// Their absolute error stays below about 1e-6 (sigmoid(+-inf) and tanh(+-inf) stay exact, as zoneout needs);
+// QRNN_FO_POOL_ACCURATE_MATH=1 builds libm's expf / tanhf instead. The host build (the CPU check)
+// uses libm with the same formulas.
 
 #pragma once
 
@@ -35,9 +39,16 @@
 #ifndef QRNN_FO_POOL_UNROLL
 #define QRNN_FO_POOL_UNROLL 4
 #endif
-// Widest access a thread makes to a gate / h / gradient slice (bytes): see Pack below.
+// Widest access a thread makes to a gate / h / gradient slice (bytes), and the fewest threads a
+// launch keeps when it gives a thread several columns: see Pack below.
 #ifndef QRNN_FO_POOL_VEC_BYTES
-#define QRNN_FO_POOL_VEC_BYTES 16
+#define QRNN_FO_POOL_VEC_BYTES 8
+#endif
+#ifndef QRNN_FO_POOL_MIN_THREADS
+#define QRNN_FO_POOL_MIN_THREADS 65536
+#endif
+#ifndef QRNN_FO_POOL_ACCURATE_MATH
+#define QRNN_FO_POOL_ACCURATE_MATH 0
 #endif
 
 // Everything but the __global__ wrappers is host-callable too: tests/test_cuda_build.py runs the
@@ -64,46 +75,43 @@ QRNN_HD void store_from_acc(__half* p, float v) { *p = __float2half_rn(v); }
 QRNN_HD void store_from_acc(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
 // sigmoid(+inf) = 1 and sigmoid(-inf) = 0 exactly: zoneout writes f = +inf (qrnn_deploy/nn/layers.py).
+// Fast forms: exp(+inf) = inf and 1 / inf = 0, exp(-inf) = 0 and 1 / 1 = 1 exactly, so the
+// infinities stay exact; tanh(x) = 1 - 2 / (1 + e^{2x}) is exact at +-inf and within ~1e-7
+// (absolute) elsewhere, and NaN stays NaN.
+#if defined(__CUDA_ARCH__) && !QRNN_FO_POOL_ACCURATE_MATH
+QRNN_HD float sigmoid_acc(float x) { return __fdividef(1.0f, 1.0f + __expf(-x)); }
+QRNN_HD float tanh_acc(float x) { return 1.0f - __fdividef(2.0f, 1.0f + __expf(2.0f * x)); }
+#else
 QRNN_HD float sigmoid_acc(float x) { return 1.0f / (1.0f + expf(-x)); }
-QRNN_HD double sigmoid_acc(double x) { return 1.0 / (1.0 + exp(-x)); }
 QRNN_HD float tanh_acc(float x) { return tanhf(x); }
+#endif
+QRNN_HD double sigmoid_acc(double x) { return 1.0 / (1.0 + exp(-x)); }
 QRNN_HD double tanh_acc(double x) { return tanh(x); }
 
 // ---- vectors of adjacent columns -------------------------------------------------------------
 
 // One thread owns V adjacent columns (b, j .. j+V-1) of one batch row, so each step's slice of a
-// gate is one (or, past 16 bytes, a few) vector access(es) of V * sizeof(T) bytes instead of V
-// scalar ones: 16-bit storage moves 16 bytes per access instead of 2. The host launchers pick the
-// widest V (a power of two, V * sizeof(T) <= QRNN_FO_POOL_VEC_BYTES) that divides H and that every
-// pointer's alignment allows (fo_pool_vector_width), else V = 1, the plain column walk.
+// gate is one vector access of V * sizeof(T) bytes instead of V scalar ones. V is 1 or the widest
+// the storage allows (QRNN_FO_POOL_VEC_BYTES / sizeof(T): 2 float32, 4 float16 / bfloat16 columns).
+// The host launchers take the wide form only when V divides H, every pointer is aligned for it
+// (fo_pool_vector_width) and the launch still has QRNN_FO_POOL_MIN_THREADS threads or more
+// (fo_pool_launch_width): fewer, wider threads lose more to latency than they gain (measured on an
+// H200, docs/benchmarks-gpu.md).
 template <typename T, int N> struct alignas(sizeof(T) * N) Pack { T v[N]; };
-
-// Elements per single access: at most 16 bytes (the widest load / store a thread issues).
-template <typename T, int V> struct Chunk {
-  static constexpr int value = (V * static_cast<int>(sizeof(T)) <= 16) ? V : 16 / static_cast<int>(sizeof(T));
-};
 
 template <int V, typename T, typename A>
 QRNN_HD void load_vec(const T* __restrict__ p, A (&out)[V]) {
-  constexpr int C = Chunk<T, V>::value;
+  const Pack<T, V> pk = *reinterpret_cast<const Pack<T, V>*>(p);
 #pragma unroll
-  for (int k = 0; k < V; k += C) {
-    const Pack<T, C> pk = *reinterpret_cast<const Pack<T, C>*>(p + k);
-#pragma unroll
-    for (int e = 0; e < C; ++e) out[k + e] = static_cast<A>(load_as_acc(&pk.v[e]));
-  }
+  for (int e = 0; e < V; ++e) out[e] = static_cast<A>(load_as_acc(&pk.v[e]));
 }
 
 template <int V, typename T, typename A>
 QRNN_HD void store_vec(T* __restrict__ p, const A (&in)[V]) {
-  constexpr int C = Chunk<T, V>::value;
+  Pack<T, V> pk;
 #pragma unroll
-  for (int k = 0; k < V; k += C) {
-    Pack<T, C> pk;
-#pragma unroll
-    for (int e = 0; e < C; ++e) store_from_acc(&pk.v[e], in[k + e]);
-    *reinterpret_cast<Pack<T, C>*>(p + k) = pk;
-  }
+  for (int e = 0; e < V; ++e) store_from_acc(&pk.v[e], in[e]);
+  *reinterpret_cast<Pack<T, V>*>(p) = pk;
 }
 
 // ---- shapes ----------------------------------------------------------------------------------
@@ -119,6 +127,11 @@ struct FoPoolShape {
   // Element offset of (t, b) rows, in units of a row of width `width` (P*H for gates, H for h).
   __host__ __device__ int64_t row(int64_t t, int64_t b) const { return batch_first ? b * T + t : t * B + b; }
   __host__ __device__ int64_t step_to_time(int64_t s) const { return reverse ? T - 1 - s : s; }
+  // Rows between processing step s and s + 1 (negative when reverse).
+  __host__ __device__ int64_t row_step() const {
+    const int64_t one = batch_first ? 1 : B;
+    return reverse ? -one : one;
+  }
 };
 
 // ---- forward ---------------------------------------------------------------------------------
@@ -134,6 +147,10 @@ QRNN_HD void fo_pool_forward_group(const T* __restrict__ gates, const S* __restr
   using A = typename Acc<T>::type;
   const int64_t col = group * V, b = col / sh.H, j = col - b * sh.H;
   const int64_t H = sh.H, PH = sh.P * sh.H;
+  const int64_t r0 = sh.row(sh.step_to_time(0), b), dr = sh.row_step();
+  // Offsets of step s0's slices; one step is dg (gates) / dh (h) elements, negative when reverse.
+  int64_t go = r0 * PH + j, ho = r0 * H + j;
+  const int64_t dg = dr * PH, dh = dr * H;
   A c[V];
 #pragma unroll
   for (int v = 0; v < V; ++v) c[v] = c0 ? static_cast<A>(load_as_acc(c0 + col + v)) : A(0);
@@ -142,11 +159,11 @@ QRNN_HD void fo_pool_forward_group(const T* __restrict__ gates, const S* __restr
 #pragma unroll
     for (int u = 0; u < QRNN_FO_POOL_UNROLL; ++u) {
       if (s0 + u < sh.T) {
-        const T* gp = gates + sh.row(sh.step_to_time(s0 + u), b) * PH + j;
-        load_vec<V>(gp, g[u][0]);
-        load_vec<V>(gp + H, g[u][1]);
-        if (sh.P >= 3) load_vec<V>(gp + 2 * H, g[u][2]);
-        if (sh.P == 4) load_vec<V>(gp + 3 * H, g[u][3]);
+        const T* q = gates + (go + u * dg);
+        load_vec<V>(q, g[u][0]);
+        load_vec<V>(q + H, g[u][1]);
+        if (sh.P >= 3) load_vec<V>(q + 2 * H, g[u][2]);
+        if (sh.P == 4) load_vec<V>(q + 3 * H, g[u][3]);
       }
     }
 #pragma unroll
@@ -160,9 +177,11 @@ QRNN_HD void fo_pool_forward_group(const T* __restrict__ gates, const S* __restr
           c[v] = sh.P == 4 ? f * c[v] + sigmoid_acc(g[u][3][v]) * z : f * c[v] + (A(1) - f) * z;
           out[v] = sh.P == 2 ? c[v] : sigmoid_acc(g[u][2][v]) * c[v];
         }
-        store_vec<V>(h + sh.row(sh.step_to_time(s0 + u), b) * H + j, out);
+        store_vec<V>(h + (ho + u * dh), out);
       }
     }
+    go += QRNN_FO_POOL_UNROLL * dg;
+    ho += QRNN_FO_POOL_UNROLL * dh;
   }
   if (c_last) {
 #pragma unroll
@@ -209,60 +228,76 @@ QRNN_HD void fo_pool_backward_group(
   using A = typename Acc<T>::type;
   const int64_t col = group * V, b = col / sh.H, j = col - b * sh.H;
   const int64_t H = sh.H, PH = sh.P * sh.H, n = sh.columns();
+  const int64_t dr = sh.row_step(), dg = dr * PH, dhs = dr * H;
   A c_init[V], c[V];
 #pragma unroll
   for (int v = 0; v < V; ++v) c[v] = c_init[v] = c0 ? static_cast<A>(load_as_acc(c0 + col + v)) : A(0);
 
-  // Pass 1: the forward scan, keeping every c_s.
-  for (int64_t s0 = 0; s0 < sh.T; s0 += QRNN_FO_POOL_UNROLL) {
-    A gz[QRNN_FO_POOL_UNROLL][V], gf[QRNN_FO_POOL_UNROLL][V], gi[QRNN_FO_POOL_UNROLL][V];
+  // Pass 1: the forward scan, keeping every c_s (workspace row s, column col).
+  {
+    int64_t go = sh.row(sh.step_to_time(0), b) * PH + j, wo = col;
+    for (int64_t s0 = 0; s0 < sh.T; s0 += QRNN_FO_POOL_UNROLL) {
+      A gz[QRNN_FO_POOL_UNROLL][V], gf[QRNN_FO_POOL_UNROLL][V], gi[QRNN_FO_POOL_UNROLL][V];
 #pragma unroll
-    for (int u = 0; u < QRNN_FO_POOL_UNROLL; ++u) {
-      if (s0 + u < sh.T) {
-        const T* gp = gates + sh.row(sh.step_to_time(s0 + u), b) * PH + j;
-        load_vec<V>(gp, gz[u]);
-        load_vec<V>(gp + H, gf[u]);
-        if (sh.P == 4) load_vec<V>(gp + 3 * H, gi[u]);
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < QRNN_FO_POOL_UNROLL; ++u) {
-      if (s0 + u < sh.T) {
-#pragma unroll
-        for (int v = 0; v < V; ++v) {
-          const A z = tanh_acc(gz[u][v]);
-          const A f = sigmoid_acc(gf[u][v]);
-          c[v] = sh.P == 4 ? f * c[v] + sigmoid_acc(gi[u][v]) * z : f * c[v] + (A(1) - f) * z;
+      for (int u = 0; u < QRNN_FO_POOL_UNROLL; ++u) {
+        if (s0 + u < sh.T) {
+          const T* q = gates + (go + u * dg);
+          load_vec<V>(q, gz[u]);
+          load_vec<V>(q + H, gf[u]);
+          if (sh.P == 4) load_vec<V>(q + 3 * H, gi[u]);
         }
-        store_vec<V>(workspace + (s0 + u) * n + col, c);
       }
+#pragma unroll
+      for (int u = 0; u < QRNN_FO_POOL_UNROLL; ++u) {
+        if (s0 + u < sh.T) {
+#pragma unroll
+          for (int v = 0; v < V; ++v) {
+            const A z = tanh_acc(gz[u][v]);
+            const A f = sigmoid_acc(gf[u][v]);
+            c[v] = sh.P == 4 ? f * c[v] + sigmoid_acc(gi[u][v]) * z : f * c[v] + (A(1) - f) * z;
+          }
+          store_vec<V>(workspace + (wo + u * n), c);
+        }
+      }
+      go += QRNN_FO_POOL_UNROLL * dg;
+      wo += QRNN_FO_POOL_UNROLL * n;
     }
   }
 
   // Pass 2: walk the steps back, QRNN_FO_POOL_UNROLL steps of loads at a time (none depends on
   // the carried gradient). `carry` = f_{s+1} dc_{s+1} (dc_last before the last step); `c_s`
-  // is carried down too, so each step reads one cell state, c_{s-1}.
+  // is carried down too, so each step reads one cell state, c_{s-1}. Offsets start at step
+  // T-1 and move back one step (-dg, -dhs, -n) at a time.
   A carry[V], c_s[V];
 #pragma unroll
   for (int v = 0; v < V; ++v) {
     carry[v] = grad_c_last ? static_cast<A>(load_as_acc(grad_c_last + col + v)) : A(0);
     c_s[v] = c[v];
   }
+  if (sh.T == 0) {
+    if (grad_c0) {
+#pragma unroll
+      for (int v = 0; v < V; ++v) store_from_acc(grad_c0 + col + v, carry[v]);
+    }
+    return;
+  }
+  const int64_t rl = sh.row(sh.step_to_time(sh.T - 1), b);
+  int64_t go = rl * PH + j, ho = rl * H + j;
+  int64_t wo = (sh.T - 2) * n + col;  // c_{s-1} of step s = T-1 (read only for s > 0)
   for (int64_t s0 = sh.T - 1; s0 >= 0; s0 -= QRNN_FO_POOL_UNROLL) {
     A g[QRNN_FO_POOL_UNROLL][4][V], dh[QRNN_FO_POOL_UNROLL][V], cp[QRNN_FO_POOL_UNROLL][V];
 #pragma unroll
     for (int u = 0; u < QRNN_FO_POOL_UNROLL; ++u) {
       const int64_t s = s0 - u;
       if (s >= 0) {
-        const int64_t r = sh.row(sh.step_to_time(s), b);
-        const T* gp = gates + r * PH + j;
-        load_vec<V>(gp, g[u][0]);
-        load_vec<V>(gp + H, g[u][1]);
-        if (sh.P >= 3) load_vec<V>(gp + 2 * H, g[u][2]);
-        if (sh.P == 4) load_vec<V>(gp + 3 * H, g[u][3]);
-        load_vec<V>(grad_h + r * H + j, dh[u]);
+        const T* q = gates + (go - u * dg);
+        load_vec<V>(q, g[u][0]);
+        load_vec<V>(q + H, g[u][1]);
+        if (sh.P >= 3) load_vec<V>(q + 2 * H, g[u][2]);
+        if (sh.P == 4) load_vec<V>(q + 3 * H, g[u][3]);
+        load_vec<V>(grad_h + (ho - u * dhs), dh[u]);
         if (s > 0) {
-          load_vec<V>(workspace + (s - 1) * n + col, cp[u]);
+          load_vec<V>(workspace + (wo - u * n), cp[u]);
         } else {
 #pragma unroll
           for (int v = 0; v < V; ++v) cp[u][v] = c_init[v];
@@ -299,13 +334,16 @@ QRNN_HD void fo_pool_backward_group(
           carry[v] = f * dc;
           c_s[v] = c_prev;
         }
-        T* dgp = grad_gates + sh.row(sh.step_to_time(s), b) * PH + j;
-        store_vec<V>(dgp, dz);
-        store_vec<V>(dgp + H, df);
-        if (sh.P >= 3) store_vec<V>(dgp + 2 * H, d_o);
-        if (sh.P == 4) store_vec<V>(dgp + 3 * H, di);
+        T* q = grad_gates + (go - u * dg);
+        store_vec<V>(q, dz);
+        store_vec<V>(q + H, df);
+        if (sh.P >= 3) store_vec<V>(q + 2 * H, d_o);
+        if (sh.P == 4) store_vec<V>(q + 3 * H, di);
       }
     }
+    go -= QRNN_FO_POOL_UNROLL * dg;
+    ho -= QRNN_FO_POOL_UNROLL * dhs;
+    wo -= QRNN_FO_POOL_UNROLL * n;
   }
   if (grad_c0) {
 #pragma unroll
@@ -324,49 +362,48 @@ fo_pool_backward_kernel(const T* __restrict__ grad_h, const S* __restrict__ grad
   fo_pool_backward_group<T, S, V>(grad_h, grad_c_last, gates, c0, grad_gates, grad_c0, workspace, sh, group);
 }
 
-// The launch rule shared by every host launcher (and mirrored, by reading the macros above, in
-// the ahead-of-time plugin): one thread per group of V columns (V = 1 there).
+// ---- launch rules (host) ---------------------------------------------------------------------
+
+// One thread per group of V columns (V = 1 in the ahead-of-time plugin, whose grid
+// qrnn_deploy/export/tensorrt_aot.py mirrors by reading QRNN_FO_POOL_BLOCK above).
 __host__ __forceinline__ unsigned int fo_pool_grid(int64_t columns, int V = 1) {
   const int64_t groups = columns / V;
   return static_cast<unsigned int>((groups + QRNN_FO_POOL_BLOCK - 1) / QRNN_FO_POOL_BLOCK);
 }
 
-// The widest V (a power of two) for H columns per batch row, `vmax` at most, such that every
-// pointer in `ptrs` (of elements of `sizes[i]` bytes) is aligned for the accesses of V elements
-// (min(V * size, 16) bytes). Null pointers are ignored.
-__host__ inline int fo_pool_vector_width(int64_t H, int vmax, const void* const* ptrs, const int* sizes, int count) {
-  for (int v = vmax; v > 1; v /= 2) {
-    if (H % v != 0) continue;
-    bool ok = true;
-    for (int k = 0; k < count && ok; ++k) {
-      const int64_t align = (v * sizes[k] < 16) ? v * sizes[k] : 16;
-      ok = reinterpret_cast<uintptr_t>(ptrs[k]) % static_cast<uintptr_t>(align) == 0;
-    }
-    if (ok) return v;
-  }
-  return 1;
-}
-
-// Largest V for storage T under QRNN_FO_POOL_VEC_BYTES (at least 1; at most 8).
-template <typename T> __host__ constexpr int fo_pool_max_vector() {
+// The wide V of storage T: QRNN_FO_POOL_VEC_BYTES / sizeof(T) rounded down to a power of two,
+// at most 8, at least 1.
+template <typename T> __host__ __device__ constexpr int fo_pool_max_vector() {
   return QRNN_FO_POOL_VEC_BYTES / static_cast<int>(sizeof(T)) >= 8   ? 8
          : QRNN_FO_POOL_VEC_BYTES / static_cast<int>(sizeof(T)) >= 4 ? 4
          : QRNN_FO_POOL_VEC_BYTES / static_cast<int>(sizeof(T)) >= 2 ? 2
                                                                       : 1;
 }
 
-// Calls f(std::integral_constant<int, V>) with V = v, instantiating only the widths storage T
-// can use (fo_pool_max_vector<T>); any other v runs V = 1.
+// `vmax` if it divides H and every pointer in `ptrs` (of elements of `sizes[i]` bytes; null ones
+// are skipped) is aligned to vmax elements, else 1.
+__host__ inline int fo_pool_vector_width(int64_t H, int vmax, const void* const* ptrs, const int* sizes, int count) {
+  if (vmax <= 1 || H % vmax != 0) return 1;
+  for (int k = 0; k < count; ++k) {
+    if (reinterpret_cast<uintptr_t>(ptrs[k]) % static_cast<uintptr_t>(vmax * sizes[k]) != 0) return 1;
+  }
+  return vmax;
+}
+
+// What the launchers run: fo_pool_vector_width, kept only while the launch still has
+// QRNN_FO_POOL_MIN_THREADS threads (columns / V) or more.
+__host__ inline int fo_pool_launch_width(int64_t columns, int64_t H, int vmax, const void* const* ptrs,
+                                         const int* sizes, int count) {
+  const int v = fo_pool_vector_width(H, vmax, ptrs, sizes, count);
+  return (v > 1 && columns / v >= QRNN_FO_POOL_MIN_THREADS) ? v : 1;
+}
+
+// Calls f(std::integral_constant<int, V>) with V = v when v is storage T's wide V, else V = 1:
+// only those two are instantiated.
 template <typename T, typename F>
 __host__ auto with_vector_width(int v, F&& f) {
-  if constexpr (fo_pool_max_vector<T>() >= 8) {
-    if (v == 8) return f(std::integral_constant<int, 8>{});
-  }
-  if constexpr (fo_pool_max_vector<T>() >= 4) {
-    if (v == 4) return f(std::integral_constant<int, 4>{});
-  }
-  if constexpr (fo_pool_max_vector<T>() >= 2) {
-    if (v == 2) return f(std::integral_constant<int, 2>{});
+  if constexpr (fo_pool_max_vector<T>() > 1) {
+    if (v == fo_pool_max_vector<T>()) return f(std::integral_constant<int, fo_pool_max_vector<T>()>{});
   }
   return f(std::integral_constant<int, 1>{});
 }

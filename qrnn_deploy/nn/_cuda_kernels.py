@@ -118,6 +118,8 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.qrnn_fo_pool_cuda_backward.restype = c_int
     lib.qrnn_fo_pool_cuda_backward_workspace_size.argtypes = [c_int, i64, i64, i64]
     lib.qrnn_fo_pool_cuda_backward_workspace_size.restype = ctypes.c_size_t
+    lib.qrnn_fo_pool_cuda_columns_per_thread.argtypes = [c_int, i64, i64]
+    lib.qrnn_fo_pool_cuda_columns_per_thread.restype = c_int
     lib.qrnn_fo_pool_cuda_error_string.argtypes = [c_int]
     lib.qrnn_fo_pool_cuda_error_string.restype = ctypes.c_char_p
     return lib
