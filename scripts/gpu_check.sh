@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check (issues 8 and 9), one prepared run on one CUDA GPU (expected: a few minutes at most on an H100/H200;
-# not yet timed): GPU tests, then scripts/gpu_check.py (kernel build, parity of the CUDA kernels, of
+# The GPU check (issues 8 and 9), one prepared run on one CUDA GPU (about 200 s on an H200,
+# 2026-11-28): GPU tests, then scripts/gpu_check.py (kernel build, parity of the CUDA kernels, of
 # torch.ops.qrnn.fo_pool and of the TensorRT AOT PTX against a float64 reference, bandwidth,
-# the paper's Figure 4 table, the LM training step). Results go to $OUT (default gpu_check_out/):
+# the paper's Figure 4 table, the LM training step, a tuning sweep of kernel variants). Results go to $OUT (default gpu_check_out/):
 # benchmarks-gpu.md (paste into docs/benchmarks-gpu.md), gpu_check.json, pytest-gpu.txt, and
 # bench-serve.txt (the server's batching on the machine's CPU cores, when its packages are there).
 # Needs: python3 with a CUDA build of PyTorch, nvcc, nvidia-smi. Nothing is downloaded.
