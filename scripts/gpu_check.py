@@ -336,16 +336,12 @@ def bandwidth(device: torch.device, quick: bool) -> list:
 # ---- tuning sweep -----------------------------------------------------------------------------
 
 # Kernel variants: a label and the QRNN_FO_POOL_* macros it defines (fo_pool_kernels.cuh); the
-# first is the shipped default. "VEC_BYTES 2" gives every dtype but float64 one column per thread.
+# first is the shipped default. (Run 3's sweep, docs/benchmarks-gpu.md, also tried libm math,
+# one column a thread everywhere, 16-byte accesses, unroll 8 and 256-thread blocks.)
 SWEEP = (("default", {}),
-         ("libm expf / tanhf", {"ACCURATE_MATH": 1}),
-         ("one column a thread", {"VEC_BYTES": 2}),
-         ("libm, one column a thread", {"ACCURATE_MATH": 1, "VEC_BYTES": 2}),
-         ("16-byte accesses", {"VEC_BYTES": 16}),
-         ("wide only from 131,072 threads", {"MIN_THREADS": 131072}),
-         ("unroll 2", {"UNROLL": 2}),
-         ("unroll 8", {"UNROLL": 8}),
-         ("block 256", {"BLOCK": 256}))
+         ("no register cap (run 3's kernels)", {"MIN_BLOCKS_FWD": 0, "MIN_BLOCKS_BWD": 0}),
+         ("backward cap only", {"MIN_BLOCKS_FWD": 0}),
+         ("unroll 2", {"UNROLL": 2}))
 
 
 def _build_variant(arch: str, index: int, defines: dict, out_dir: Path):

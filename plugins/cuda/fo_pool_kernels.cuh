@@ -47,6 +47,17 @@
 #ifndef QRNN_FO_POOL_MIN_THREADS
 #define QRNN_FO_POOL_MIN_THREADS 65536
 #endif
+// Blocks of QRNN_FO_POOL_BLOCK threads per multiprocessor the one-column kernels are compiled to
+// fit (__launch_bounds__'s minimum, which caps their registers at 64): every column of a thread
+// walks all of T, so a launch that needs a second wave of blocks takes up to twice as long, and
+// left alone nvcc 13 gives the forward 71 registers (7 blocks) and the backward 139 (3 blocks).
+// At 64 the backward does not spill; the forward spills a few bytes. 0 leaves nvcc free.
+#ifndef QRNN_FO_POOL_MIN_BLOCKS_FWD
+#define QRNN_FO_POOL_MIN_BLOCKS_FWD 8
+#endif
+#ifndef QRNN_FO_POOL_MIN_BLOCKS_BWD
+#define QRNN_FO_POOL_MIN_BLOCKS_BWD 8
+#endif
 #ifndef QRNN_FO_POOL_ACCURATE_MATH
 #define QRNN_FO_POOL_ACCURATE_MATH 0
 #endif
@@ -198,7 +209,7 @@ QRNN_HD void fo_pool_forward_column(const T* __restrict__ gates, const S* __rest
 }
 
 template <typename T, typename S, int V>
-__global__ void __launch_bounds__(QRNN_FO_POOL_BLOCK)
+__global__ void __launch_bounds__(QRNN_FO_POOL_BLOCK, V == 1 ? QRNN_FO_POOL_MIN_BLOCKS_FWD : 0)
 fo_pool_forward_kernel(const T* __restrict__ gates, const S* __restrict__ c0, T* __restrict__ h,
                        S* __restrict__ c_last, const FoPoolShape sh) {
   const int64_t group = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -352,7 +363,7 @@ QRNN_HD void fo_pool_backward_group(
 }
 
 template <typename T, typename S, int V>
-__global__ void __launch_bounds__(QRNN_FO_POOL_BLOCK)
+__global__ void __launch_bounds__(QRNN_FO_POOL_BLOCK, V == 1 ? QRNN_FO_POOL_MIN_BLOCKS_BWD : 0)
 fo_pool_backward_kernel(const T* __restrict__ grad_h, const S* __restrict__ grad_c_last,
                         const T* __restrict__ gates, const S* __restrict__ c0, T* __restrict__ grad_gates,
                         S* __restrict__ grad_c0, typename Acc<T>::type* __restrict__ workspace,
