@@ -12,14 +12,14 @@
 #include "fo_pool_kernels.cuh"
 
 #define QRNN_FO_POOL_AOT_ENTRIES(NAME, T)                                                            \
-  extern "C" __global__ void __launch_bounds__(QRNN_FO_POOL_BLOCK, QRNN_FO_POOL_MIN_BLOCKS_FWD)      \
+  extern "C" __global__ void __launch_bounds__(QRNN_FO_POOL_BLOCK)                                   \
   NAME(const T* __restrict__ gates, const T* __restrict__ c0, int T_, int B, int H, int P,            \
        int batch_first, int reverse, T* __restrict__ h, T* __restrict__ c_last) {                     \
     const qrnn::cuda::FoPoolShape sh{T_, B, H, P, batch_first, reverse};                             \
     const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;                 \
     if (col < sh.columns()) qrnn::cuda::fo_pool_forward_column<T, T>(gates, c0, h, c_last, sh, col); \
   }                                                                                                  \
-  extern "C" __global__ void __launch_bounds__(QRNN_FO_POOL_BLOCK, QRNN_FO_POOL_MIN_BLOCKS_FWD)      \
+  extern "C" __global__ void __launch_bounds__(QRNN_FO_POOL_BLOCK)                                   \
   NAME##_noc0(const T* __restrict__ gates, int T_, int B, int H, int P, int batch_first, int reverse, \
               T* __restrict__ h, T* __restrict__ c_last) {                                           \
     const qrnn::cuda::FoPoolShape sh{T_, B, H, P, batch_first, reverse};                             \
