@@ -46,6 +46,29 @@ def test_every_cu_file_compiles_for_sm80_and_sm90(source, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
 
 
+def test_kernel_registers_and_spills_for_sm90(tmp_path):
+    # What docs/benchmarks-gpu.md (run 4) chose: the one-column backward fits 8 blocks of 128
+    # threads a multiprocessor (64 registers) without spilling; no kernel spills.
+    import re
+    cmd = [NVCC, "-c", *_cuda_kernels.nvcc_flags("sm_90"), "-Xptxas", "-v", "-o", str(tmp_path / "k.o"),
+           str(ROOT / "plugins" / "cuda" / "fo_pool_cuda.cu")]
+    res = subprocess.run(_nice(cmd), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    kernels, name, spill = {}, None, None
+    for line in res.stderr.splitlines():
+        if m := re.search(r"Compiling entry function '(\w+)' for 'sm_90'", line):
+            name = m.group(1)
+        elif m := re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line):
+            spill = int(m.group(1)) + int(m.group(2))
+        elif (m := re.search(r"Used (\d+) registers", line)) and name:
+            kernels[name], name = (int(m.group(1)), spill), None
+    # One-column backward kernels of float32 / float16 / bfloat16 (float64, "Idd", is left free).
+    backward_one_column = {k: v for k, v in kernels.items() if "backward_kernel" in k and "Li1E" in k and "Idd" not in k}
+    assert len(kernels) == 22 and len(backward_one_column) == 5, sorted(kernels)
+    assert all(regs <= 64 for regs, _ in backward_one_column.values()), backward_one_column
+    assert all(spilled == 0 for _, spilled in kernels.values()), kernels
+
+
 def test_the_kernel_sources_are_found():
     assert Path("plugins/cuda/fo_pool_cuda.cu") in CU_FILES
     assert Path("plugins/cuda/fo_pool_aot.cu") in CU_FILES

@@ -54,6 +54,7 @@
 // not spill: 2.0x faster backward at 1024x64x2048 float16 on an H200, within 6% elsewhere. The
 // forward (71 registers, 7 blocks) spills at 8: 1.7x faster at that size but up to 1.42x slower
 // on small launches, which are the common case, so it is left free (docs/benchmarks-gpu.md, run 4).
+// float64 is never capped: its backward would spill.
 #ifndef QRNN_FO_POOL_MIN_BLOCKS_FWD
 #define QRNN_FO_POOL_MIN_BLOCKS_FWD 0
 #endif
@@ -365,7 +366,8 @@ QRNN_HD void fo_pool_backward_group(
 }
 
 template <typename T, typename S, int V>
-__global__ void __launch_bounds__(QRNN_FO_POOL_BLOCK, V == 1 ? QRNN_FO_POOL_MIN_BLOCKS_BWD : 0)
+__global__ void __launch_bounds__(QRNN_FO_POOL_BLOCK,
+                                  (V == 1 && !std::is_same<T, double>::value) ? QRNN_FO_POOL_MIN_BLOCKS_BWD : 0)
 fo_pool_backward_kernel(const T* __restrict__ grad_h, const S* __restrict__ grad_c_last,
                         const T* __restrict__ gates, const S* __restrict__ c0, T* __restrict__ grad_gates,
                         S* __restrict__ grad_c0, typename Acc<T>::type* __restrict__ workspace,
