@@ -16,7 +16,7 @@
 // reference fo_pool_ref and the PyTorch path compute. On the GPU, sigmoid and tanh are written
 // with the hardware exp2 and a fast reciprocal (__expf, __fdividef): a few instructions instead of
 // libm's tens, which decide the speed here (scripts/gpu_check.py's sweep measures both).
-// Their absolute error stays below about 1e-6 (sigmoid(+-inf) and tanh(+-inf) stay exact, as zoneout needs);
+// Their absolute error stays below about 1e-6 (see sigmoid_acc for +-inf, which zoneout writes);
 // QRNN_FO_POOL_ACCURATE_MATH=1 builds libm's expf / tanhf instead. The host build (the CPU check)
 // uses libm with the same formulas.
 
@@ -88,10 +88,13 @@ QRNN_HD void store_from_acc(double* p, double v) { *p = v; }
 QRNN_HD void store_from_acc(__half* p, float v) { *p = __float2half_rn(v); }
 QRNN_HD void store_from_acc(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
-// sigmoid(+inf) = 1 and sigmoid(-inf) = 0 exactly: zoneout writes f = +inf (qrnn_deploy/nn/layers.py).
-// Fast forms: exp(+inf) = inf and 1 / inf = 0, exp(-inf) = 0 and 1 / 1 = 1 exactly, so the
-// infinities stay exact; tanh(x) = 1 - 2 / (1 + e^{2x}) is exact at +-inf and within ~1e-7
-// (absolute) elsewhere, and NaN stays NaN.
+// Zoneout writes f = +inf (qrnn_deploy/nn/layers.py): sigmoid(+inf) = 1 and sigmoid(-inf) = 0 keep
+// a zoned-out unit's cell and give it zero gradient. With libm they are exact. The fast forms give
+// exp(+inf) = inf, exp(-inf) = 0 and x / inf = 0 exactly (PTX's special-value rules), so sigmoid(-inf)
+// = 0 and tanh(+inf) = 1 are exact; sigmoid(+inf) and tanh(-inf) need the approximate 1 / 1 to be
+// exactly 1, which PTX bounds only to 2 ulp (not checked on a GPU): at worst f is an ulp below 1,
+// as in the native CPU kernel (nn/layers.py). Elsewhere tanh(x) = 1 - 2 / (1 + e^{2x}) is within
+// ~1e-7 (absolute), and NaN stays NaN.
 #if defined(__CUDA_ARCH__) && !QRNN_FO_POOL_ACCURATE_MATH
 QRNN_HD float sigmoid_acc(float x) { return __fdividef(1.0f, 1.0f + __expf(-x)); }
 QRNN_HD float tanh_acc(float x) { return 1.0f - __fdividef(2.0f, 1.0f + __expf(2.0f * x)); }
