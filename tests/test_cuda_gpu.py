@@ -32,7 +32,7 @@ def _rel(a, b):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("H", [70, 64])  # two columns per thread; the widest accesses
+@pytest.mark.parametrize("H", [70, 64])  # few columns: one a thread (the wide form: the test below)
 def test_op_forward_backward_match_the_float64_reference(dtype, H):
     gen = torch.Generator().manual_seed(1)
     for pooling, bf, rev, with_c0 in itertools.product(["f", "fo", "ifo"], [False, True], [False, True],
@@ -64,22 +64,27 @@ def _columns_per_thread(dtype, B, H):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_wide_launches_match_the_float64_reference(dtype):
+@pytest.mark.parametrize("T, with_c0", [(3, True), (9, False)])  # 9: past one unroll of 4 steps
+def test_wide_launches_match_the_float64_reference(dtype, T, with_c0):
     # B * H large enough that each thread walks 2 (float32) or 4 (16-bit) columns.
-    T, B, H = 3, 257, 1024
+    B, H = 257, 1024
     assert _columns_per_thread(dtype, B, H) > 1
     gen = torch.Generator().manual_seed(2)
     for pooling, bf, rev in itertools.product(["f", "fo", "ifo"], [False, True], [False, True]):
         shape = (B, T, P_OF[pooling] * H) if bf else (T, B, P_OF[pooling] * H)
         r = lambda *s: (torch.randn(*s, generator=gen, dtype=torch.float64) * 2).to(dtype).cuda()  # noqa: E731
-        gates, c0, gh, gc = r(*shape), r(B, H), r(*shape[:2], H), r(B, H)
-        g, c = gates.clone().requires_grad_(), c0.clone().requires_grad_()
+        gates, c0, gh, gc = r(*shape), (r(B, H) if with_c0 else None), r(*shape[:2], H), r(B, H)
+        g = gates.clone().requires_grad_()
+        c = None if c0 is None else c0.clone().requires_grad_()
         h, cl = fo_pool(g, c, pooling, bf, rev)
         torch.autograd.backward([h, cl], [gh, gc])
-        g64, c64 = gates.double().requires_grad_(), c0.double().requires_grad_()
+        g64 = gates.double().requires_grad_()
+        c64 = None if c0 is None else c0.double().requires_grad_()
         rh, rc = fo_pool_ref(g64, c64, pooling, bf, rev)
         torch.autograd.backward([rh, rc], [gh.double(), gc.double()])
-        for name, a, b in [("h", h, rh), ("c_last", cl, rc), ("d gates", g.grad, g64.grad), ("d c0", c.grad, c64.grad)]:
+        pairs = [("h", h, rh), ("c_last", cl, rc), ("d gates", g.grad, g64.grad)]
+        pairs += [("d c0", c.grad, c64.grad)] if c0 is not None else []
+        for name, a, b in pairs:
             assert _rel(a.detach(), b.detach()) <= TOL[dtype], (name, pooling, bf, rev)
 
 

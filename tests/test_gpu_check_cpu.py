@@ -97,3 +97,16 @@ def test_a_raising_kernel_is_a_failed_case_not_a_crash(gpu_check, monkeypatch):
     monkeypatch.setattr(gpu_check, "run_op", raising)
     res = gpu_check.parity(torch.device("cpu"), quick=True)
     assert not res["ok"] and res["failures"][0]["exception"] == "RuntimeError: launch failed"
+
+
+def test_sweep_report_keeps_the_other_variants_when_one_fails(gpu_check):
+    ok = {"variant": "unroll 2", "defines": "UNROLL=2", "parity": "PASS", "fwd 16x8x64 float32": 0.01,
+          "bwd 16x8x64 float32": 0.02}
+    lines = gpu_check._md_sweep([{"variant": "default", "defines": "(none)", "error": "nvcc: x"}, ok])
+    table = [ln for ln in lines if ln.startswith("|")]
+    assert table[0] == "| variant | defines | parity | fwd 16x8x64 float32 | bwd 16x8x64 float32 |"
+    assert all(ln.count("|") == table[0].count("|") for ln in table)
+    assert table[2].startswith("| default | (none) | failed: nvcc: x |") and "| 0.01 | 0.02 |" in table[3]
+    lines = gpu_check._md_sweep([dict(ok, variant="default"), {"variant": "u8", "defines": "U=8",
+                                                                "error": "RuntimeError: launch failed"}, ok])
+    assert "| 0.01 (1.00) | 0.02 (1.00) |" in lines[4] and "failed: RuntimeError" in lines[5]
