@@ -31,31 +31,37 @@ def _rel(a, b):
     return (a.double() - b).abs().max().item() / max(1.0, b.abs().max().item())
 
 
+def _check_against_reference(dtype, T, B, H, pooling, bf, rev, with_c0, gen):
+    """torch.ops.qrnn.fo_pool on the GPU (forward + autograd, no silent fallback) against float64
+    fo_pool_ref on the same inputs rounded to `dtype`."""
+    shape = (B, T, P_OF[pooling] * H) if bf else (T, B, P_OF[pooling] * H)
+    r = lambda *s: (torch.randn(*s, generator=gen, dtype=torch.float64) * 2).to(dtype).cuda()  # noqa: E731
+    gates, gh, gc = r(*shape), r(*shape[:2], H), r(B, H)
+    c0 = r(B, H) if with_c0 else None
+    g = gates.clone().requires_grad_()
+    c = None if c0 is None else c0.clone().requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", _cuda_kernels.KernelWarning)
+        h, cl = fo_pool(g, c, pooling, bf, rev)
+        torch.autograd.backward([h, cl], [gh, gc])
+    g64 = gates.double().requires_grad_()
+    c64 = None if c0 is None else c0.double().requires_grad_()
+    rh, rc = fo_pool_ref(g64, c64, pooling, bf, rev)
+    torch.autograd.backward([rh, rc], [gh.double(), gc.double()])
+    assert h.dtype == dtype and cl.dtype == dtype and g.grad.dtype == dtype
+    pairs = [("h", h, rh), ("c_last", cl, rc), ("d gates", g.grad, g64.grad)]
+    pairs += [("d c0", c.grad, c64.grad)] if c0 is not None else []
+    for name, a, b in pairs:
+        assert _rel(a.detach(), b.detach()) <= TOL[dtype], (name, pooling, bf, rev, with_c0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("H", [70, 64])  # few columns: one a thread (the wide form: the test below)
 def test_op_forward_backward_match_the_float64_reference(dtype, H):
     gen = torch.Generator().manual_seed(1)
     for pooling, bf, rev, with_c0 in itertools.product(["f", "fo", "ifo"], [False, True], [False, True],
                                                        [False, True]):
-        T, B = 23, 3
-        shape = (B, T, P_OF[pooling] * H) if bf else (T, B, P_OF[pooling] * H)
-        r = lambda *s: (torch.randn(*s, generator=gen, dtype=torch.float64) * 2).to(dtype).cuda()  # noqa: E731
-        gates, gh, gc = r(*shape), r(*shape[:2], H), r(B, H)
-        c0 = r(B, H) if with_c0 else None
-        g = gates.clone().requires_grad_()
-        c = None if c0 is None else c0.clone().requires_grad_()
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", _cuda_kernels.KernelWarning)  # no silent fallback
-            h, cl = fo_pool(g, c, pooling, bf, rev)
-            torch.autograd.backward([h, cl], [gh, gc])
-        g64 = gates.double().requires_grad_()
-        c64 = None if c0 is None else c0.double().requires_grad_()
-        rh, rc = fo_pool_ref(g64, c64, pooling, bf, rev)
-        torch.autograd.backward([rh, rc], [gh.double(), gc.double()])
-        assert h.dtype == dtype and cl.dtype == dtype and g.grad.dtype == dtype
-        for name, a, b in [("h", h, rh), ("c_last", cl, rc), ("d gates", g.grad, g64.grad)] + (
-                [("d c0", c.grad, c64.grad)] if c0 is not None else []):
-            assert _rel(a.detach(), b.detach()) <= TOL[dtype], (name, pooling, bf, rev, with_c0)
+        _check_against_reference(dtype, 23, 3, H, pooling, bf, rev, with_c0, gen)
 
 
 def _columns_per_thread(dtype, B, H):
@@ -71,21 +77,7 @@ def test_wide_launches_match_the_float64_reference(dtype, T, with_c0):
     assert _columns_per_thread(dtype, B, H) > 1
     gen = torch.Generator().manual_seed(2)
     for pooling, bf, rev in itertools.product(["f", "fo", "ifo"], [False, True], [False, True]):
-        shape = (B, T, P_OF[pooling] * H) if bf else (T, B, P_OF[pooling] * H)
-        r = lambda *s: (torch.randn(*s, generator=gen, dtype=torch.float64) * 2).to(dtype).cuda()  # noqa: E731
-        gates, c0, gh, gc = r(*shape), (r(B, H) if with_c0 else None), r(*shape[:2], H), r(B, H)
-        g = gates.clone().requires_grad_()
-        c = None if c0 is None else c0.clone().requires_grad_()
-        h, cl = fo_pool(g, c, pooling, bf, rev)
-        torch.autograd.backward([h, cl], [gh, gc])
-        g64 = gates.double().requires_grad_()
-        c64 = None if c0 is None else c0.double().requires_grad_()
-        rh, rc = fo_pool_ref(g64, c64, pooling, bf, rev)
-        torch.autograd.backward([rh, rc], [gh.double(), gc.double()])
-        pairs = [("h", h, rh), ("c_last", cl, rc), ("d gates", g.grad, g64.grad)]
-        pairs += [("d c0", c.grad, c64.grad)] if c0 is not None else []
-        for name, a, b in pairs:
-            assert _rel(a.detach(), b.detach()) <= TOL[dtype], (name, pooling, bf, rev)
+        _check_against_reference(dtype, T, B, H, pooling, bf, rev, with_c0, gen)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
