@@ -116,21 +116,16 @@ SOURCES = [[int(t) for t in np.random.default_rng(i).integers(4, len(VOCAB), siz
 
 @pytest.fixture(scope="module")
 def translator(tmp_path_factory):
-    from translators import random_translator
-
-    from qrnn_deploy.export import export_bundle
-    from qrnn_deploy.runtime import load_bundle
+    from translators import portable_translator, random_translator
 
     model = random_translator(len(VOCAB), len(VOCAB), 0)
-    out = tmp_path_factory.mktemp("s2s_mut") / "portable"
-    export_bundle(model, out, fo_pool="portable", verify=False, vocab=VOCAB)
-    return load_bundle(out, threads=1).translator()
+    return portable_translator(model, tmp_path_factory.mktemp("s2s_mut") / "portable", VOCAB)
 
 
 def _greedy(translator, src):
-    ts = translator.stream()
-    ts.feed(src)
-    return ts.decoder(beam=1, max_len=MAX_LEN)
+    from translators import greedy_decoder
+
+    return greedy_decoder(translator, src, MAX_LEN)
 
 
 def test_decode_batch_of_greedy_rows_leaving_from_the_middle(translator):

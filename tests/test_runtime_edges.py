@@ -10,7 +10,7 @@ from qrnn_deploy.runtime import GreedyDecoder, load_bundle
 from qrnn_deploy.runtime.generate import pick_token
 from qrnn_deploy.runtime.stream import to_ids
 from qrnn_deploy.vocab import UNK, CharVocab
-from translators import random_translator
+from translators import greedy_decoder, portable_translator, random_translator
 
 VOCAB = CharVocab.build(["abcdefghijklmnop "])
 SOURCES = ["ponm lkji hgfe", "hello", "dead beef"]
@@ -24,15 +24,11 @@ def model():
 
 @pytest.fixture(scope="module")
 def tr(model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("edges") / "bundle"
-    export_bundle(model, out, fo_pool="portable", verify=False, vocab=VOCAB)
-    return load_bundle(out, threads=1).translator()
+    return portable_translator(model, tmp_path_factory.mktemp("edges") / "bundle", VOCAB)
 
 
 def _decoder(tr, text):
-    ts = tr.stream()
-    ts.feed(text)
-    return ts.decoder(beam=1, max_len=MAX_LEN)
+    return greedy_decoder(tr, text, MAX_LEN)
 
 
 @pytest.mark.parametrize("lp", [1000.0, -1.0, 10.5, float("nan")])

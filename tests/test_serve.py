@@ -1040,6 +1040,13 @@ class CDP:
         r = await self.call("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
         return r["result"].get("value")
 
+    async def open_translator_page(self, url):
+        """Loads the server's page at `url`, waits until it is connected, focuses the source box."""
+        await self.call("Page.enable")
+        await self.call("Page.navigate", url=url)
+        await self.until("document.getElementById('conn') && document.getElementById('conn').className === 'ok'")
+        await self.eval("document.getElementById('src').focus()")
+
     async def until(self, expr, timeout=20.0):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -1084,10 +1091,7 @@ def test_web_page_in_headless_chromium(translator, tmp_path):
         async def main():
             async with connect(page_ws, max_size=None) as ws:
                 cdp = CDP(ws)
-                await cdp.call("Page.enable")
-                await cdp.call("Page.navigate", url=srv.url("/"))
-                await cdp.until("document.getElementById('conn') && document.getElementById('conn').className === 'ok'")
-                await cdp.eval("document.getElementById('src').focus()")
+                await cdp.open_translator_page(srv.url("/"))
                 await cdp.eval("window.arrivals = []; new MutationObserver(() => window.arrivals.push("
                                "[performance.now(), document.getElementById('out').children.length])).observe("
                                "document.getElementById('out'), {childList: true})")
@@ -1147,10 +1151,7 @@ def test_web_page_queues_sentences_keeps_text_fits_phones_and_asks_for_the_key(t
         async def main():
             async with connect(page_ws, max_size=None) as ws:
                 cdp = CDP(ws)
-                await cdp.call("Page.enable")
-                await cdp.call("Page.navigate", url=srv.url("/"))
-                await cdp.until("document.getElementById('conn').className === 'ok'")
-                await cdp.eval("document.getElementById('src').focus()")
+                await cdp.open_translator_page(srv.url("/"))
                 # Two sentences, the second ended while the first is still being decoded.
                 await cdp.call("Input.insertText", text=src)
                 await enter(cdp)
@@ -1186,9 +1187,7 @@ def test_web_page_queues_sentences_keeps_text_fits_phones_and_asks_for_the_key(t
                 await cdp.call("Emulation.clearDeviceMetricsOverride")
                 # A translation that fails on the server leaves the queue and gives its text back;
                 # the next one is shown under its own source.
-                await cdp.call("Page.navigate", url=fsrv.url("/"))
-                await cdp.until("document.getElementById('conn').className === 'ok'")
-                await cdp.eval("document.getElementById('src').focus()")
+                await cdp.open_translator_page(fsrv.url("/"))
                 await cdp.call("Input.insertText", text="abc")
                 await enter(cdp)
                 await cdp.until("document.getElementById('err').textContent.includes('simulated')")

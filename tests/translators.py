@@ -28,3 +28,20 @@ def random_translator(src_vocab_size: int, tgt_vocab_size: int, seed: int, hidde
         m.out.bias[EOS] += eos_bias
         m.out.bias[BOS] -= 20
     return m
+
+
+def portable_translator(model: QRNNSeq2Seq, out_dir, vocab):
+    """`model` exported as a portable bundle into `out_dir` (not verified) and loaded with one
+    thread: its runtime translator."""
+    from qrnn_deploy.export import export_bundle
+    from qrnn_deploy.runtime import load_bundle
+
+    export_bundle(model, out_dir, fo_pool="portable", verify=False, vocab=vocab)
+    return load_bundle(out_dir, threads=1).translator()
+
+
+def greedy_decoder(translator, src, max_len: int):
+    """A greedy decoder of `translator` after feeding `src` to a fresh stream."""
+    ts = translator.stream()
+    ts.feed(src)
+    return ts.decoder(beam=1, max_len=max_len)
